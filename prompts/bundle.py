@@ -1,0 +1,476 @@
+"""The portable prompt bundle: what foster ships, and the one code path that renders it.
+
+Evaluation and serving both call `messages()` / `prompt()` on a loaded bundle, so what was measured
+is what runs. A bundle is saved as JSON plus a readable Markdown sidecar, and refuses to hold an API
+key or an endpoint URL (those belong to the deployment, not the prompt).
+
+    from prompts.bundle import Bundle
+    Bundle.load("intent.json").messages("where is my refund?")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from prompts import templates
+from prompts.answers import answer_key, answers_agree, normalize_answer
+from prompts.embedding import EMBEDDING_MODEL
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Bundle",
+    "Example",
+    "ExampleSelection",
+    "OutputContract",
+    "Provenance",
+    "answer_key",
+    "answers_agree",
+    "data_hash",
+    "normalize_answer",
+]
+
+SCHEMA_VERSION = 1
+
+TRACKED_LIBRARIES = ("litellm", "dspy", "langgraph", "chromadb", "pydantic", "tiktoken")
+
+
+class Example(BaseModel):
+    """One demonstration: an input and the teacher's output for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    output: str
+
+
+class ExampleSelection(BaseModel):
+    """How examples reach the prompt: all of them in order ("fixed"), or the k nearest to the
+    input by embedding ("knn", DSPy KNNFewShot style), nearest last."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["fixed", "knn"] = "fixed"
+    k: int = Field(default=4, ge=1)
+    embedding_model: str = EMBEDDING_MODEL
+
+
+class OutputContract(BaseModel):
+    """What an answer looks like: a label from `answers`, free text, or JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["label", "text", "json"] = "text"
+    answers: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+def _foster_version() -> str:
+    try:
+        return metadata.version("foster")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def data_hash(data: bytes | str | Path | Iterable[Any]) -> str:
+    """"sha256:<hex>" of a file (Path), a string, bytes, or records (hashed as JSON lines)."""
+    digest = hashlib.sha256()
+    if isinstance(data, Path):
+        with data.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    elif isinstance(data, bytes):
+        digest.update(data)
+    elif isinstance(data, str):
+        digest.update(data.encode("utf-8"))
+    else:
+        for record in data:
+            digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False, default=str).encode())
+            digest.update(b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+class Provenance(BaseModel):
+    """Where a bundle came from: when, with which library versions, from which data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    foster_version: str = Field(default_factory=_foster_version)
+    library_versions: dict[str, str] = Field(default_factory=_library_versions)
+    data_hashes: dict[str, str] = Field(default_factory=dict)
+    run_id: str | None = None
+    notes: str = ""
+
+    @classmethod
+    def collect(
+        cls, run_id: str | None = None, data_hashes: dict[str, str] | None = None, notes: str = ""
+    ) -> "Provenance":
+        """Provenance for now, with the installed library versions filled in."""
+        return cls(run_id=run_id, data_hashes=dict(data_hashes or {}), notes=notes)
+
+
+# --- secrets and endpoints ------------------------------------------------------------------------
+
+_SECRET_PATTERNS = [
+    ("an Anthropic API key", re.compile(r"\bsk-ant-[A-Za-z0-9_\-]{8,}")),
+    ("an OpenAI-style API key", re.compile(r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_\-]{16,}")),
+    ("a Google API key", re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}")),
+    ("a Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{20,}")),
+    ("a GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}")),
+    ("an AWS access key", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),
+    # a token, not prose ("bearer instruments"): it has a digit
+    ("a bearer token", re.compile(r"\bBearer\s+(?=[A-Za-z\-._~+/]*\d)[A-Za-z0-9\-._~+/]{12,}")),
+    (
+        "an api_key assignment",
+        re.compile(r"""\bapi[_\-]?key["']?\s*[:=]\s*["']?[^\s"',}]{8,}""", re.IGNORECASE),
+    ),
+]
+_URL = re.compile(r"\b(?:https?|wss?)://", re.IGNORECASE)
+_FORBIDDEN_KEYS = {
+    "api_key", "apikey", "api-key", "api_base", "api-base", "base_url", "api_secret",
+    "secret_key", "access_token", "authorization", "password",
+}  # fmt: skip
+
+
+def _walk(value: Any, path: str) -> Iterable[tuple[str, Any, str | None]]:
+    """Yield (path, value, dict key) for every string and dict key inside value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{path}.{key}", key, str(key)
+            yield from _walk(item, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _walk(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        yield path, value, None
+
+
+def find_secrets(document: dict[str, Any], url_fields: Iterable[str]) -> list[str]:
+    """Problems that make a document unshippable: keys anywhere; URLs in `url_fields`."""
+    problems = []
+    url_fields = set(url_fields)
+    for field, value in document.items():
+        for path, text, key in _walk(value, field):
+            if key is not None:
+                if key.strip().lower().replace(" ", "_") in _FORBIDDEN_KEYS:
+                    problems.append(f"{path}: a {key!r} entry (credentials and endpoints stay out of bundles)")
+                text = key
+            for label, pattern in _SECRET_PATTERNS:
+                if pattern.search(text):
+                    problems.append(f"{path}: looks like {label}")
+                    break
+            if field in url_fields and _URL.search(text):
+                problems.append(f"{path}: contains an endpoint URL ({text[:80]!r})")
+    return problems
+
+
+_URL_FIELDS = ("name", "teacher", "targets", "provenance", "report")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _refuse_unshippable(document: dict[str, Any]) -> None:
+    problems = find_secrets(document, url_fields=_URL_FIELDS)
+    if problems:
+        raise ValueError(
+            "a bundle never carries API keys or endpoint URLs (model ids are plain "
+            "provider/model strings; endpoints and keys belong to the deployment): "
+            + "; ".join(problems)
+        )
+
+
+# --- the bundle ----------------------------------------------------------------------------------
+
+
+def default_completion_template() -> str:
+    """The default Jinja source for completion (base) targets, from prompts/templates/bundle.yaml."""
+    return templates.sources("bundle")["completion"]
+
+
+class Bundle(BaseModel):
+    """A portable prompt: system prompt, examples and their selection rule, output contract."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = ""
+    name: str = ""
+    teacher: str
+    targets: list[str]
+    system_prompt: str = ""
+    examples: list[Example] = Field(default_factory=list)
+    selection: ExampleSelection = Field(default_factory=ExampleSelection)
+    output_contract: OutputContract = Field(default_factory=OutputContract)
+    completion_template: str | None = Field(default_factory=default_completion_template)
+    report: dict[str, Any] | None = None
+    provenance: Provenance = Field(default_factory=Provenance.collect)
+
+    _example_vectors: np.ndarray | None = PrivateAttr(default=None)
+    _example_vectors_key: tuple | None = PrivateAttr(default=None)
+    _vectors_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            version = data.get("schema_version", SCHEMA_VERSION)
+            if isinstance(version, int) and version > SCHEMA_VERSION:
+                raise ValueError(
+                    f"bundle schema version {version} is newer than this foster reads "
+                    f"({SCHEMA_VERSION}); upgrade foster"
+                )
+            _refuse_unshippable({key: _plain(value) for key, value in data.items()})
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "Bundle":
+        if not self.targets:
+            raise ValueError("a bundle names at least one target model")
+        if self.selection.kind == "knn" and self.selection.embedding_model != EMBEDDING_MODEL:
+            raise ValueError(
+                f"knn selection needs embedding model {self.selection.embedding_model!r}; "
+                f"this foster embeds with {EMBEDDING_MODEL}"
+            )
+        if self.completion_template:
+            try:
+                templates.from_string(self.completion_template)
+            except jinja2.TemplateSyntaxError as exc:
+                raise ValueError(f"completion_template does not parse: {exc}") from exc
+        if not self.id:
+            self.id = self.content_hash()
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        # Field values only: the private embedding cache and its lock are not the bundle.
+        if not isinstance(other, Bundle):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def content_hash(self) -> str:
+        """A short stable hash of what the bundle renders (not its report or provenance)."""
+        content = self.model_dump(include={
+            "schema_version", "teacher", "targets", "system_prompt", "examples",
+            "selection", "output_contract", "completion_template",
+        })  # fmt: skip
+        blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+    # --- rendering --------------------------------------------------------------------------------
+
+    def _vectors(self) -> np.ndarray:
+        from prompts.embedding import embed
+
+        key = tuple(example.input for example in self.examples)
+        with self._vectors_lock:
+            if self._example_vectors is None or self._example_vectors_key != key:
+                self._example_vectors = embed(list(key))
+                self._example_vectors_key = key
+            return self._example_vectors
+
+    def select_examples(self, user_input: str) -> list[Example]:
+        """The examples this input is shown: all in order (fixed), or the k nearest by embedding
+        (knn) ordered least to most similar, so the closest sits next to the input. Ties keep
+        pool order, so the choice is deterministic."""
+        if self.selection.kind == "fixed" or not self.examples:
+            return list(self.examples)
+        from prompts.embedding import embed
+
+        similarity = self._vectors() @ embed([user_input])[0]
+        ranked = sorted(range(len(self.examples)), key=lambda i: (-float(similarity[i]), i))
+        nearest = ranked[: self.selection.k]
+        return [self.examples[i] for i in reversed(nearest)]
+
+    def messages(self, user_input: str) -> list[dict[str, str]]:
+        """Chat messages for a chat target: system, one user/assistant pair per example, input."""
+        messages = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        for example in self.select_examples(user_input):
+            messages.append({"role": "user", "content": example.input})
+            messages.append({"role": "assistant", "content": example.output})
+        messages.append({"role": "user", "content": user_input})
+        return messages
+
+    def prompt(self, user_input: str) -> str:
+        """A completion prompt for a base target (ends with "Output:"; use with `stop`)."""
+        source = self.completion_template or default_completion_template()
+        return templates.render_string(
+            source,
+            system_prompt=self.system_prompt,
+            examples=self.select_examples(user_input),
+            input=user_input,
+            output_contract=self.output_contract,
+        )
+
+    @property
+    def stop(self) -> list[str]:
+        """Stop sequences for `prompt()`: the next "Input:", a newline for labels, and a blank
+        line unless some example's output itself contains one."""
+        stop = ["\nInput:"]
+        if self.output_contract.format == "label":
+            stop.append("\n")
+        elif not any("\n\n" in example.output for example in self.examples):
+            stop.append("\n\n")
+        return stop
+
+    def normalize(self, text: str | None) -> str:
+        """The answer `text` gives under this bundle's output contract."""
+        return normalize_answer(text, self.output_contract)
+
+    # --- size ---------------------------------------------------------------------------------------
+
+    def token_counts(
+        self, local_counter: Callable[[str], int] | None = None, local_name: str | None = None
+    ) -> dict[str, int]:
+        """The bundle's size in tokens per encoding (o200k_base, cl100k_base, and the target's own
+        tokenizer as `local_name` or "local" when a counter is given).
+
+        Counted: the system prompt plus the examples a call carries, message contents only (chat
+        template overhead depends on the target). Fixed selection counts every example; knn counts
+        min(k, pool) examples of the pool's average size, since which k depends on the input.
+        """
+        from prompts.tokens import ENCODINGS, count
+
+        counters: dict[str, Callable[[str], int]] = {
+            name: (lambda text, name=name: count(text, name)) for name in ENCODINGS
+        }
+        if local_counter is not None:
+            counters[local_name or "local"] = local_counter
+        pieces = [f"{example.input}\n{example.output}" for example in self.examples]
+        result = {}
+        for name, counter in counters.items():
+            total = counter(self.system_prompt) if self.system_prompt else 0
+            sizes = [counter(piece) for piece in pieces]
+            if self.selection.kind == "knn" and sizes:
+                total += round(min(self.selection.k, len(sizes)) * sum(sizes) / len(sizes))
+            else:
+                total += sum(sizes)
+            result[name] = int(total)
+        return result
+
+    # --- files --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+        path = Path(path)
+        if path.suffix in (".json", ".md"):
+            path = path.with_suffix("")
+        return path.with_name(path.name + ".json"), path.with_name(path.name + ".md")
+
+    def to_json(self) -> str:
+        """The bundle as JSON; refuses if a key or URL was assigned after construction."""
+        _refuse_unshippable(self.model_dump())
+        return self.model_dump_json(indent=2) + "\n"
+
+    def to_markdown(self, json_name: str | None = None) -> str:
+        """The readable sidecar: teacher, targets, prompt, examples, contract, report, provenance."""
+        try:
+            sizes: dict[str, int] | None = self.token_counts()
+        except Exception:  # a missing offline encoding must not stop a save
+            sizes = None
+        return templates.render(
+            "bundle",
+            "markdown",
+            bundle=self,
+            token_counts=sizes,
+            report_rows=_report_rows(self.report),
+            fence=_fence,
+            json_name=json_name or (self.name or self.id) + ".json",
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write <stem>.json and <stem>.md (each atomically); returns the JSON path."""
+        json_path, md_path = self._paths(path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        text = self.to_json()
+        markdown = self.to_markdown(json_name=json_path.name)
+        _atomic_write(json_path, text)
+        _atomic_write(md_path, markdown)
+        return json_path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Bundle":
+        """Read a bundle from its .json file (or the stem, or the .md sidecar's name)."""
+        json_path, _ = cls._paths(path)
+        if not json_path.exists() and Path(path).is_file():
+            json_path = Path(path)
+        return cls.model_validate_json(json_path.read_text(encoding="utf-8"))
+
+
+def _fence(text: str) -> str:
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}text\n{text}\n{ticks}"
+
+
+def _report_rows(report: dict[str, Any] | None, limit: int = 40) -> list[tuple[str, str]]:
+    """Scalar entries of the report (and of its nested dicts, one level down) for a table."""
+    rows: list[tuple[str, str]] = []
+    for key, value in (report or {}).items():
+        if isinstance(value, dict):
+            for sub, item in value.items():
+                if isinstance(item, (str, int, float, bool)) or item is None:
+                    rows.append((f"{key}.{sub}", _cell(item)))
+        elif isinstance(value, (str, int, float, bool)) or value is None:
+            rows.append((str(key), _cell(value)))
+    return rows[:limit]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
