@@ -1,0 +1,159 @@
+"""characterize: the behavioural spec — answer inventory, distributions, clusters, refusals, ceiling."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from agent import metrics
+from agent.context import context, node_timer
+
+REFUSAL = re.compile(r"\b(i can(no|')t|i am unable|i'm unable|i won't|as an ai|i'm sorry|i apologi[sz]e)\b", re.I)
+HEDGE = re.compile(r"\b(maybe|perhaps|not sure|it depends|possibly|might be|i think)\b", re.I)
+
+
+def answer_kind(outputs: list[str]) -> str:
+    """Closed answers (labels) when a few short answers repeat; free text otherwise."""
+    norm = [metrics.normalize(o, kind="label") for o in outputs]
+    distinct = len(set(norm))
+    words = sorted(len(o.split()) for o in outputs) or [0]
+    median_words = words[len(words) // 2]
+    return "closed" if distinct <= max(12, 0.25 * len(outputs)) and median_words <= 5 else "free"
+
+
+def cluster(texts: list[str], seed: int) -> list[int]:
+    from sklearn.cluster import KMeans
+
+    from prompts.embedding import embed
+
+    if len(texts) < 4:
+        return [0] * len(texts)
+    k = min(8, max(2, len(texts) // 10))
+    return [int(x) for x in KMeans(n_clusters=k, random_state=seed, n_init=4).fit_predict(embed(texts))]
+
+
+def build_spec(probes: list[dict], teacher: dict[str, list[dict]], seed: int = 0) -> dict:
+    all_outputs = [o["output"] for p in probes for o in teacher.get(p["id"], [])]
+    kind = answer_kind(all_outputs)
+    raw_modes = Counter(metrics.normalize(o, kind="label") for o in all_outputs)
+    # the inventory is what the teacher says more than once (a one-off at T=1 is noise, not a label)
+    inventory = [a for a, n in raw_modes.most_common() if n > 1 or len(raw_modes) < 20] if kind == "closed" else []
+    per: dict[str, dict] = {}
+    for p in probes:
+        outs = [o["output"] for o in teacher.get(p["id"], [])]
+        norm = [metrics.normalize(o, inventory, kind) for o in outs]
+        dist = metrics.distribution(norm)
+        greedy = next((o["output"] for o in teacher.get(p["id"], []) if o["t"] == 0), outs[0] if outs else "")
+        per[p["id"]] = {
+            "mode": metrics.mode(dist) if kind == "closed" else greedy.strip(),
+            "dist": dist, "entropy": round(metrics.entropy(dist), 4),
+            "samples": [o.strip() for o in outs],
+        }
+    labels = cluster([p["text"] for p in probes], seed)
+    for p, c in zip(probes, labels):
+        p["cluster"] = c
+        per[p["id"]]["cluster"] = c
+    clusters: dict[int, dict] = {}
+    for p in probes:
+        cl = clusters.setdefault(p["cluster"], {"cluster": p["cluster"], "size": 0, "answers": Counter(), "examples": []})
+        cl["size"] += 1
+        cl["answers"][per[p["id"]]["mode"][:60]] += 1
+        if len(cl["examples"]) < 3:
+            cl["examples"].append(p["text"])
+    for cl in clusters.values():
+        cl["answers"] = dict(cl["answers"].most_common(5))
+    if kind == "closed":
+        ceiling = metrics.mean(metrics.self_agreement(v["dist"]) for v in per.values())
+        ceiling_method = "mean Σ p² over teacher samples"
+    else:
+        sims = []
+        for v in per.values():
+            s = v["samples"]
+            if len(s) > 1:
+                sims.append(metrics.mean(metrics.text_similarity(s[:-1], s[1:])))
+        ceiling = metrics.mean(sims) if sims else 1.0
+        ceiling_method = "mean embedding cosine between consecutive teacher samples"
+    heldout = [p["id"] for p in probes if p["split"] == "heldout"]
+    return {
+        "answer_kind": kind,
+        "format": "label" if kind == "closed" else "text",
+        "inventory": {a: raw_modes[a] for a in inventory},
+        "probes": per,
+        "clusters": sorted(clusters.values(), key=lambda c: -c["size"]),
+        "refusal_rate": metrics.mean(bool(REFUSAL.search(o)) for o in all_outputs),
+        "hedge_rate": metrics.mean(bool(HEDGE.search(o)) for o in all_outputs),
+        "ceiling": round(ceiling, 4),
+        "ceiling_heldout": round(metrics.mean(metrics.self_agreement(per[i]["dist"]) for i in heldout), 4)
+        if kind == "closed" else None,
+        "ceiling_method": ceiling_method,
+        "n_probes": len(probes), "n_heldout": len(heldout),
+        "probe_kinds": dict(Counter(p["kind"] for p in probes)),
+    }
+
+
+ACCEPTANCE_TEST = '''"""Acceptance test exported by foster: does MODEL reproduce the teacher's recorded behaviour?
+
+Run:  FOSTER_ACCEPT_MODEL=local/smollm2-135m-instruct [FOSTER_ACCEPT_BUNDLE=best_bundle.json] pytest {name}
+"""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+SPEC = json.loads((Path(__file__).parent / "spec.json").read_text())
+CASES = [c for c in SPEC["cases"]]
+
+
+def _answer(text):
+    from agent.gateway import complete
+    from prompts.bundle import Bundle
+
+    model = os.environ.get("FOSTER_ACCEPT_MODEL", SPEC["default_model"])
+    bundle_path = os.environ.get("FOSTER_ACCEPT_BUNDLE")
+    if bundle_path:
+        b = Bundle.load(bundle_path)
+        return complete(model, messages=b.messages(text), temperature=0, max_tokens=SPEC["max_tokens"]).texts[0]
+    return complete(model, messages=[{{"role": "user", "content": text}}], temperature=0,
+                    max_tokens=SPEC["max_tokens"]).texts[0]
+
+
+def test_agreement_with_teacher():
+    from agent.metrics import mean, normalize, text_similarity
+
+    answers = [_answer(c["input"]) for c in CASES]
+    if SPEC["answer_kind"] == "closed":
+        inv = list(SPEC["inventory"])
+        score = mean(normalize(a, inv, "closed") == c["teacher_mode"] for a, c in zip(answers, CASES))
+    else:
+        score = mean(text_similarity(answers, [c["teacher_mode"] for c in CASES]))
+    threshold = float(os.environ.get("FOSTER_ACCEPT_THRESHOLD", SPEC["threshold"]))
+    assert score >= threshold, f"agreement {{score:.3f}} < {{threshold}}"
+'''
+
+
+def export_spec(run_dir: Path, spec: dict, probes: list[dict], threshold: float, default_model: str,
+                max_tokens: int) -> Path:
+    from store.runs import write_json_atomic, write_text_atomic
+
+    cases = [{"probe_id": p["id"], "input": p["text"], "teacher_mode": spec["probes"][p["id"]]["mode"],
+              "teacher_dist": spec["probes"][p["id"]]["dist"]} for p in probes if p["split"] == "heldout"]
+    d = run_dir / "spec"
+    write_json_atomic(d / "spec.json", {**{k: v for k, v in spec.items() if k != "probes"}, "cases": cases,
+                                        "threshold": threshold, "default_model": default_model,
+                                        "max_tokens": max_tokens})
+    name = "test_acceptance.py"
+    write_text_atomic(d / name, ACCEPTANCE_TEST.format(name=name))
+    return d
+
+
+def characterize(state: dict) -> dict:
+    """Turn the teacher's observations into the behavioural spec and export it as an acceptance test."""
+    ctx = context(state)
+    ctx.registry.update(ctx.run_id, node="characterize")
+    with node_timer(state, "characterize") as times:
+        probes = [dict(p) for p in state["probes"]]
+        spec = build_spec(probes, state["teacher"], ctx.config.seed)
+        export_spec(ctx.dir, spec, probes, ctx.config.threshold, ctx.config.targets[0], ctx.config.max_new_tokens)
+        ctx.progress("characterize", 1, 1, f"{spec['answer_kind']} answers, ceiling {spec['ceiling']:.3f}")
+    return {"probes": probes, "spec": spec, "node_seconds": times}

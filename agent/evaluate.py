@@ -1,0 +1,227 @@
+"""evaluate: the exported bundles, loaded from disk and rendered as they ship, on the held-out probes."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import defaultdict
+
+from agent import metrics
+from agent.context import RunContext, StopRun, context, node_timer, stable_seed
+from agent.target import ask
+
+_cache_lock = threading.Lock()
+
+
+class AnswerCache:
+    """Target answers by (bundle, target, probe, temperature, sample): a resumed evaluation asks nothing twice."""
+
+    def __init__(self, ctx: RunContext):
+        self.path = ctx.dir / "answers.json"
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.dirty = 0
+
+    def get(self, key: str):
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        from store.runs import write_json_atomic
+
+        with _cache_lock:
+            self.data[key] = value
+            self.dirty += 1
+            if self.dirty >= 10:
+                self.flush()
+
+    def flush(self) -> None:
+        from store.runs import write_json_atomic
+
+        if self.dirty:
+            write_json_atomic(self.path, self.data)
+            self.dirty = 0
+
+
+def _score(ctx: RunContext, kind: str, inventory: list[str], answers: list[str], refs: list[str],
+           inputs: list[str]) -> tuple[list[float], str]:
+    c = ctx.config
+    method = c.fidelity
+    if method == "auto":
+        method = "exact" if kind == "closed" else ("judge" if c.judge else "embedding")
+    if method == "exact":
+        return [float(metrics.normalize(a, inventory, kind) == r) for a, r in zip(answers, refs)], "exact match after normalization"
+    if method == "judge":
+        if not c.judge:
+            raise ValueError("--fidelity judge needs --judge MODEL")
+        from prompts.templates import render
+
+        scores = []
+        for x, a, r in zip(inputs, answers, refs):
+            res = ctx.complete(c.judge, messages=[{"role": "user", "content": render(
+                "judge", "score", input=x, reference=r, candidate=a)}], temperature=0, max_tokens=4)
+            m = re.search(r"\d+(\.\d+)?", res.texts[0])
+            scores.append(min(1.0, float(m.group()) / 10) if m else 0.0)
+        return scores, f"judge:{c.judge} (0-10 scaled to 0-1)"
+    return metrics.text_similarity(answers, refs), "embedding cosine (all-MiniLM-L6-v2) to the teacher's greedy answer"
+
+
+def evaluate_variant(ctx: RunContext, cache: AnswerCache, bundle, target: str, probes: list[dict],
+                     sample: bool) -> dict:
+    """Greedy answers (and, if asked, samples at the teacher's temperatures) for one bundle on one target."""
+    c = ctx.config
+    greedy, latency, cost, samples = [], [], 0.0, {}
+    plan = [(t, i) for t, i in c.sample_plan() if t > 0] if sample else []
+    for p in probes:
+        for t, i in [(0.0, 0)] + plan:
+            key = f"{bundle.id}|{target}|{p['id']}|{t}|{i}"
+            hit = cache.get(key)
+            if hit is None:
+                res = ask(bundle, target, p["text"], ctx.complete, temperature=t, max_tokens=c.max_new_tokens,
+                          seed=stable_seed(c.seed, "target", p["id"], t, i))
+                hit = {"text": res.texts[0], "latency_s": res.latency_s, "cost": res.cost}
+                cache.put(key, hit)
+            if t == 0:
+                greedy.append(hit["text"]); latency.append(hit["latency_s"])
+            samples.setdefault(p["id"], []).append(hit["text"])
+            cost += hit.get("cost") or 0.0
+    return {"greedy": greedy, "samples": samples, "latency_s": metrics.mean(latency), "cost": cost}
+
+
+def nearest_copy(train: list[dict], heldout: list[dict], spec: dict) -> list[str]:
+    """The no-LLM baseline: the teacher's answer on the nearest recorded probe."""
+    if not train:
+        return ["" for _ in heldout]
+    sims = metrics.cosine_matrix([p["text"] for p in heldout], [p["text"] for p in train])
+    return [spec["probes"][train[int(j)]["id"]]["mode"] for j in sims.argmax(axis=1)]
+
+
+def _distribution_summary(kind, inventory, outs):
+    return metrics.distribution([metrics.normalize(o, inventory, kind) for o in outs])
+
+
+def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, list[dict], dict]:
+    from prompts.bundle import Bundle
+
+    kind, inventory = spec["answer_kind"], list(spec["inventory"])
+    held = [p for p in probes if p["split"] == "heldout"]
+    train = [p for p in probes if p["split"] == "train"]
+    refs = [spec["probes"][p["id"]]["mode"] for p in held]
+    inputs = [p["text"] for p in held]
+    results, columns, answers = [], [], {}
+    total = len(variants)
+    for n, v in enumerate(variants):
+        bundle = Bundle.load(v["path"])  # the exported file, never an in-memory program
+        t0 = time.time()
+        ev = evaluate_variant(ctx, cache, bundle, target, held, sample=False)
+        scores, method = _score(ctx, kind, inventory, ev["greedy"], refs, inputs)
+        tokens = bundle.token_counts()
+        res = {"variant": v["name"], "bundle_id": bundle.id, "path": v["path"], "baseline": v.get("baseline", False),
+               "fidelity": round(metrics.mean(scores), 4), "tokens": tokens, "latency_s": round(ev["latency_s"], 4),
+               "cost": ev["cost"], "seconds": round(time.time() - t0, 2), "_scores": scores, "_greedy": ev["greedy"]}
+        results.append(res)
+        ctx.progress("evaluate", n + 1, total, f"{target} {v['name']}: fidelity {res['fidelity']:.3f}")
+    cache.flush()
+    candidates = [r for r in results if not r["baseline"]] or results
+    best = max(candidates, key=lambda r: (r["fidelity"], -r["tokens"].get("o200k_base", 0)))
+    zero = next((r for r in results if r["variant"] == "zero-shot"), None)
+    # sampled behaviour for the best bundle and the zero-shot baseline: calibration against the teacher
+    for r in [best] + ([zero] if zero and zero is not best else []):
+        ev = evaluate_variant(ctx, cache, Bundle.load(r["path"]), target, held, sample=True)
+        sa, js = [], []
+        for p in held:
+            t_dist = spec["probes"][p["id"]]["dist"]
+            s_dist = _distribution_summary(kind, inventory, ev["samples"][p["id"]])
+            sa.append(metrics.sampled_agreement(t_dist, s_dist))
+            js.append(metrics.js_divergence(t_dist, s_dist))
+            answers.setdefault(p["id"], {})[f"{target}::{r['variant']}::dist"] = s_dist
+        r["sampled_agreement"] = round(metrics.mean(sa), 4)
+        r["calibration_gap"] = round(metrics.mean(js), 4)
+    cache.flush()
+    # divergence clusters: where the best bundle agrees least with the teacher
+    by_cl: dict[int, list[float]] = defaultdict(list)
+    for p, s in zip(held, best["_scores"]):
+        by_cl[spec["probes"][p["id"]].get("cluster", 0)].append(s)
+    clusters = sorted(({"cluster": cl, "fidelity": round(metrics.mean(v), 4), "size": len(v),
+                        "examples": [p["text"] for p, s in zip(held, best["_scores"])
+                                     if spec["probes"][p["id"]].get("cluster", 0) == cl and s < 1][:3]}
+                       for cl, v in by_cl.items()), key=lambda c: c["fidelity"])
+    divergent = [c for c in clusters if c["fidelity"] < 1][:3]
+    copy = nearest_copy(train, held, spec)
+    copy_scores, _ = _score(ctx, kind, inventory, copy, refs, inputs) if ctx.config.fidelity != "judge" else ([], "")
+    for r in results:
+        columns.append({"key": f"{target}::{r['variant']}", "target": target, "variant": r["variant"],
+                        "bundle_id": r["bundle_id"], "fidelity": r["fidelity"],
+                        "ceiling": spec.get("ceiling_heldout") or spec["ceiling"],
+                        "calibration_gap": r.get("calibration_gap"), "tokens": r["tokens"].get("o200k_base"),
+                        "latency_s": r["latency_s"], "cost": r["cost"]})
+        for p, a, s in zip(held, r["_greedy"], r["_scores"]):
+            answers.setdefault(p["id"], {})[f"{target}::{r['variant']}"] = {"answer": a.strip(), "agree": s >= 0.999 if kind == "closed" else s >= 0.8, "score": round(s, 4)}
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}
+    ceiling = spec.get("ceiling_heldout") or spec["ceiling"]
+    summary = {
+        "zero_shot": strip(zero) if zero else None,
+        "hand_written": strip(next((r for r in results if r["variant"] == "hand-written"), {})) or None,
+        "nearest_copy": {"fidelity": round(metrics.mean(copy_scores), 4) if copy_scores else None,
+                         "note": "the nearest train probe's teacher answer, copied with no LLM"},
+        "best": strip(best), "variants": [strip(r) for r in results],
+        "ceiling": ceiling, "calibration_gap": best.get("calibration_gap"),
+        "sampled_agreement": best.get("sampled_agreement"),
+        "divergence_clusters": divergent, "fidelity_method": method,
+    }
+    return summary, columns, answers
+
+
+def build_report(ctx: RunContext, state: dict, per_target: dict, method: str) -> dict:
+    spec = state["spec"]
+    return {
+        "run_id": ctx.run_id, "teacher": ctx.config.teacher_id, "path": ctx.config.path,
+        "answer_kind": spec["answer_kind"], "fidelity_method": method, "threshold": ctx.config.threshold,
+        "round": state.get("round", 1), "ceiling": spec.get("ceiling_heldout") or spec["ceiling"],
+        "ceiling_all_probes": spec["ceiling"], "ceiling_method": spec["ceiling_method"],
+        "refusal_rate": spec["refusal_rate"], "hedge_rate": spec["hedge_rate"],
+        "held_out": spec["n_heldout"], "train": spec["n_probes"] - spec["n_heldout"],
+        "probe_kinds": spec["probe_kinds"], "targets": per_target,
+        "notes": (["recorded outputs are the teacher's only answers: they carry the old model's errors, and the ceiling "
+                   "is 1 by construction"] if ctx.config.path == "records" else []) +
+                 (["re-label path: 'teacher' answers are the corpus's gold labels"] if ctx.config.path == "relabel" else []),
+    }
+
+
+def evaluate(state: dict) -> dict:
+    """Score every exported variant on every target on the held-out probes; write grid.json and report.json."""
+    from store.runs import write_json_atomic
+
+    ctx = context(state)
+    ctx.registry.update(ctx.run_id, node="evaluate")
+    with node_timer(state, "evaluate") as times:
+        cache = AnswerCache(ctx)
+        per_target, columns, rows_answers, method = {}, [], {}, ""
+        stop = state.get("stop_reason")
+        try:
+            for target in ctx.config.targets:
+                variants = (state.get("variants") or {}).get(target) or state.get("candidates") or []
+                summary, cols, ans = evaluate_target(ctx, cache, target, variants, state["probes"], state["spec"])
+                per_target[target], method = summary, summary["fidelity_method"]
+                columns += cols
+                for pid, a in ans.items():
+                    rows_answers.setdefault(pid, {}).update(a)
+        except StopRun as e:
+            stop = str(e)
+        cache.flush()
+        spec = state["spec"]
+        rows = [{"probe_id": p["id"], "input": p["text"], "cluster": spec["probes"][p["id"]].get("cluster"),
+                 "teacher": {"mode": spec["probes"][p["id"]]["mode"], "dist": spec["probes"][p["id"]]["dist"]},
+                 "answers": rows_answers.get(p["id"], {})} for p in state["probes"] if p["split"] == "heldout"]
+        if per_target:
+            write_json_atomic(ctx.dir / "grid.json", {"columns": columns, "rows": rows})
+        report = build_report(ctx, state, per_target, method) if per_target else (state.get("evaluation") or {})
+        best = dict(state.get("best") or {})
+        for target, s in per_target.items():
+            if s["best"]["fidelity"] >= best.get("fidelity", -1):
+                best = {"target": target, "variant": s["best"]["variant"], "path": s["best"]["path"],
+                        "fidelity": s["best"]["fidelity"], "bundle_id": s["best"]["bundle_id"]}
+        history = list(state.get("history") or [])
+        if per_target:
+            history.append(max(s["best"]["fidelity"] for s in per_target.values()))
+    return {"evaluation": report, "best": best, "history": history, "stop_reason": stop,
+            "usage": ctx.usage(), "node_seconds": times}

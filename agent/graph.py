@@ -1,0 +1,34 @@
+"""The whole distillation pipeline on one screen: wiring only, node bodies live in their own modules."""
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+
+from agent.characterize import characterize
+from agent.decide import decide, route
+from agent.evaluate import evaluate
+from agent.export import bundle
+from agent.mine import mine
+from agent.optimize_node import optimize
+from agent.probe import probe
+from agent.state import InputState, State
+
+
+def build_graph(checkpointer=None):
+    g = StateGraph(State, input_schema=InputState)
+    g.add_node("probe", probe)
+    g.add_node("characterize", characterize)
+    g.add_node("mine", mine)
+    g.add_node("optimize", optimize)
+    g.add_node("evaluate", evaluate)
+    g.add_node("decide", decide)
+    g.add_node("bundle", bundle)
+
+    g.add_edge(START, "probe")
+    g.add_edge("probe", "characterize")
+    g.add_edge("characterize", "mine")
+    g.add_edge("mine", "optimize")
+    g.add_edge("optimize", "evaluate")
+    g.add_edge("evaluate", "decide")
+    g.add_conditional_edges("decide", route, ["probe", "bundle"])
+    g.add_edge("bundle", END)
+    return g.compile(checkpointer=checkpointer)

@@ -1,0 +1,131 @@
+"""Runs as jobs with a status: start, resume, cancel; the same for the CLI, the API and the UI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from typing import Callable, Iterator
+
+from agent.config import InputError, RunConfig
+
+NODES = ("probe", "characterize", "mine", "optimize", "evaluate", "decide", "bundle")
+
+
+def validate(config: RunConfig) -> None:
+    """Everything that can be checked before anything is written: models exist, input files parse."""
+    from agent import gateway
+    from agent.inputs import read_jsonl
+
+    if config.models_file:
+        gateway.load_models_file(config.models_file)
+    for flag, models in (("--teacher", [config.teacher]), ("--target", config.targets),
+                         ("--generator", [config.generator]), ("--miner", [config.miner]), ("--judge", [config.judge])):
+        for m in models:
+            if m:
+                try:
+                    gateway.check_model(m)
+                except gateway.UnknownModelError as e:
+                    raise InputError(f"{flag} {m}: {e}") from None
+    if config.inputs:
+        read_jsonl(config.inputs)
+    if config.teacher_records:
+        read_jsonl(config.teacher_records, need_output=True)
+    if config.train_data:
+        read_jsonl(config.train_data, need_output=True)
+    from agent.optimize import OPTIMIZERS
+
+    if config.optimizer not in OPTIMIZERS:
+        raise InputError(f"--optimizer {config.optimizer}: unknown (choose from {', '.join(OPTIMIZERS)})")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def create_run(config: RunConfig) -> str:
+    from store.runs import RunRegistry
+
+    validate(config)
+    run_id = config.run_id or new_run_id()
+    reg = RunRegistry()
+    if reg.exists(run_id):
+        raise InputError(f"--run-id {run_id}: a run with this id exists (use `foster resume {run_id}`)")
+    reg.create(run_id, config.model_dump(), status="queued", teacher=config.teacher_id, targets=config.targets,
+               started_at=time.time())
+    return run_id
+
+
+def execute(run_id: str, on_event: Callable[[dict], None] | None = None) -> dict:
+    """Run (or continue, from its last checkpoint) a run's graph in this process."""
+    from agent.context import drop_context
+    from agent.graph import build_graph
+    from store.checkpoints import checkpointer
+    from store.runs import RunRegistry
+
+    reg = RunRegistry()
+    config = reg.config(run_id)
+    graph = build_graph(checkpointer())
+    cfg = {"configurable": {"thread_id": run_id}, "recursion_limit": 100}
+    snapshot = graph.get_state(cfg)
+    inputs = None if snapshot.next else {"run_id": run_id, "config": config}
+    if snapshot.values and not snapshot.next:
+        return snapshot.values  # already finished
+    reg.update(run_id, status="running", error=None)
+    reg.append_event(run_id, None, "start", "resumed" if inputs is None else "started")
+    try:
+        for mode, chunk in graph.stream(inputs, cfg, stream_mode=["updates", "custom"]):
+            if on_event:
+                on_event({"mode": mode, "chunk": chunk})
+    except BaseException as e:
+        reg.update(run_id, status="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
+        reg.append_event(run_id, None, "error", traceback.format_exc(limit=3))
+        raise
+    finally:
+        drop_context(run_id)
+    values = graph.get_state(cfg).values
+    final = "cancelled" if (values.get("stop_reason") == "cancelled") else \
+        ("stopped" if values.get("stop_reason") else "done")
+    reg.update(run_id, status=final, finished_at=time.time())
+    reg.append_event(run_id, None, "done", values.get("verdict") or "")
+    return values
+
+
+def start_run(config: RunConfig | dict, background: bool = False,
+              on_event: Callable[[dict], None] | None = None) -> str:
+    config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
+    run_id = create_run(config)
+    if background:
+        # A child process: a crash or a kill of the run never takes the API down, and cancel is cooperative.
+        log = open(os.path.join(os.path.dirname(_status_path(run_id)), "run.log"), "ab")
+        subprocess.Popen([sys.executable, "-m", "ui.cli", "resume", run_id, "--quiet"], stdout=log, stderr=log,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    else:
+        execute(run_id, on_event)
+    return run_id
+
+
+def resume_run(run_id: str, on_event: Callable[[dict], None] | None = None) -> dict:
+    from store.runs import RunRegistry
+
+    if not RunRegistry().exists(run_id):
+        raise InputError(f"no run {run_id} (see `foster runs`)")
+    return execute(run_id, on_event)
+
+
+def cancel_run(run_id: str) -> None:
+    from store.runs import RunRegistry
+
+    reg = RunRegistry()
+    if not reg.exists(run_id):
+        raise InputError(f"no run {run_id}")
+    reg.request_cancel(run_id)
+    reg.append_event(run_id, None, "progress", "cancel requested")
+
+
+def _status_path(run_id: str) -> str:
+    from store.runs import RunRegistry
+
+    return str(RunRegistry().run_dir(run_id) / "status.json")

@@ -1,0 +1,28 @@
+"""Checkpointer factory: SQLite under FOSTER_HOME by default, Postgres when FOSTER_POSTGRES_URL is set."""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+
+def checkpointer(home: Path | None = None):
+    url = os.environ.get("FOSTER_POSTGRES_URL")
+    if url:
+        try:
+            from langgraph.checkpoint.postgres import PostgresSaver
+        except ImportError as e:  # optional scale-out dependency
+            raise RuntimeError("FOSTER_POSTGRES_URL is set but langgraph-checkpoint-postgres is not installed") from e
+        import psycopg
+
+        conn = psycopg.connect(url, autocommit=True)
+        saver = PostgresSaver(conn)
+        saver.setup()
+        return saver
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    home = home or Path(os.environ.get("FOSTER_HOME", "~/.foster")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    # One connection shared by the graph's worker threads; SqliteSaver serialises access itself.
+    conn = sqlite3.connect(str(home / "checkpoints.sqlite"), check_same_thread=False)
+    return SqliteSaver(conn)
