@@ -1,0 +1,208 @@
+"""The distillation agent on scripted fakes: routing, nodes, recovery paths, bad input, kill and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import fakes  # noqa: E402
+
+from agent.decide import route, verdict  # noqa: E402
+
+
+def write_jsonl(path: Path, rows) -> str:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def domain(tmp_path, fake_model):
+    teacher, t_backend = fake_model(fakes.teacher, "fake-teacher")
+    target, g_backend = fake_model(fakes.target, "fake-target")
+    inputs = write_jsonl(tmp_path / "inputs.jsonl", [{"input": x} for x in fakes.HISTORICAL])
+    return {"teacher": teacher, "target": target, "inputs": inputs, "t": t_backend, "g": g_backend, "dir": tmp_path}
+
+
+# -- decide -----------------------------------------------------------------------------------------
+
+def test_verdict_threshold_met():
+    assert verdict([0.5, 0.93], 0.9, 2, 3, 0.02) == "threshold met"
+    assert route({"verdict": "threshold met"}) == "bundle"
+
+
+def test_verdict_still_improving():
+    assert verdict([0.5], 0.9, 1, 3, 0.02) == "still improving"
+    assert verdict([0.5, 0.6], 0.9, 2, 3, 0.02) == "still improving"
+    assert route({"verdict": "still improving"}) == "probe"
+
+
+def test_verdict_plateau():
+    assert verdict([0.5, 0.51], 0.9, 2, 3, 0.02) == "plateau below threshold"  # gain < δ
+    assert verdict([0.5, 0.7], 0.9, 3, 3, 0.02) == "plateau below threshold"  # out of rounds
+    assert route({"verdict": "plateau below threshold"}) == "bundle"
+
+
+def test_verdict_stopped_by_cap():
+    assert verdict([0.4], 0.9, 1, 3, 0.02, "call cap reached").startswith("stopped")
+
+
+# -- nodes on fakes ----------------------------------------------------------------------------------
+
+def test_characterize_spec_and_ceiling():
+    from agent.characterize import build_spec
+
+    probes = [{"id": f"p{i}", "text": t, "split": "heldout" if i < 3 else "train", "kind": "historical"}
+              for i, t in enumerate(fakes.HISTORICAL)]
+    teacher = {p["id"]: [{"t": 0.0, "i": 0, "output": fakes.true_label(p["text"])},
+                         {"t": 1.0, "i": 0, "output": "OTHER" if k % 4 == 0 else fakes.true_label(p["text"])}]
+               for k, p in enumerate(probes)}
+    spec = build_spec(probes, teacher)
+    assert spec["answer_kind"] == "closed"
+    assert set(spec["inventory"]) <= set(fakes.LABELS)
+    # probes whose two samples disagree contribute 0.5 to the ceiling, the others 1
+    disagree = sum(1 for k, p in enumerate(probes) if k % 4 == 0 and fakes.true_label(p["text"]) != "OTHER")
+    assert spec["ceiling"] == pytest.approx(1 - 0.5 * disagree / len(probes), abs=1e-3)
+    assert all("cluster" in v for v in spec["probes"].values())
+
+
+def test_discriminative_phrases_find_the_keywords():
+    from agent.mine import discriminative_phrases
+
+    items = [(t, fakes.true_label(t)) for t in fakes.HISTORICAL]
+    phrases = discriminative_phrases(items, min_count=2)
+    assert any("refund" in g or "charged" in g for g in phrases["BILL-REFUND"])
+    assert any("parcel" in g or "late" in g for g in phrases["SHIP-LATE"])
+
+
+def test_full_run_on_fakes(domain):
+    from agent.runs import start_run
+    from prompts.bundle import Bundle
+    from store.runs import RunRegistry
+
+    run_id = start_run({"teacher": domain["teacher"], "targets": [domain["target"]], "inputs": domain["inputs"],
+                        "task": "Route the ticket.", "budget_calls": 10, "max_rounds": 1})
+    reg = RunRegistry()
+    d = reg.run_dir(run_id)
+    report = json.loads((d / "report.json").read_text())
+    t = report["targets"][domain["target"]]
+    assert t["zero_shot"]["fidelity"] < t["best"]["fidelity"]  # the fake only knows labels it is shown
+    assert 0 < report["ceiling"] <= 1 and t["calibration_gap"] is not None
+    assert report["verdict"] in ("threshold met", "plateau below threshold")
+    b = Bundle.load(d / "best_bundle.json")
+    assert b.messages("my parcel is late")[-1]["content"] == "my parcel is late"
+    assert (d / "report.md").exists() and (d / "grid.json").exists()
+    assert (d / "spec" / "test_acceptance.py").exists()
+    assert reg.get(run_id).status == "done"
+    held = [p for p in json.loads((d / "probes-round1.json").read_text()) if p["split"] == "heldout"]
+    assert len(held) == round(len(fakes.HISTORICAL) * 0.3)
+
+
+def test_records_path(domain, fake_model):
+    from agent.runs import start_run
+    from store.runs import RunRegistry
+
+    recs = write_jsonl(domain["dir"] / "rec.jsonl", [{"input": x, "output": fakes.true_label(x)} for x in fakes.HISTORICAL])
+    run_id = start_run({"teacher_records": recs, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1})
+    report = RunRegistry().read_json(run_id, "report.json")
+    assert report["path"] == "records"
+    assert any("carry the old model's errors" in n for n in report["notes"])
+    assert domain["t"].calls == 0
+
+
+def test_relabel_path_lists_disagreements(domain):
+    from agent.runs import start_run
+    from store.runs import RunRegistry
+
+    gold = write_jsonl(domain["dir"] / "gold.jsonl", [{"input": x, "output": fakes.true_label(x)} for x in fakes.HISTORICAL])
+    run_id = start_run({"train_data": gold, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1})
+    report = RunRegistry().read_json(run_id, "report.json")
+    assert report["path"] == "relabel"
+    assert "disagreements" in report
+
+
+def test_call_cap_stops_cleanly(domain):
+    from agent.runs import start_run
+    from store.runs import RunRegistry
+
+    run_id = start_run({"teacher": domain["teacher"], "targets": [domain["target"]], "inputs": domain["inputs"],
+                        "max_calls": 30, "max_rounds": 1})
+    st = RunRegistry().get(run_id)
+    assert st.status == "stopped"
+    assert domain["t"].calls + domain["g"].calls <= 31
+
+
+# -- bad input: exit 2, one line, nothing written -----------------------------------------------------
+
+def _cli(argv, capsys):
+    from ui.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def _no_runs():
+    home = Path(os.environ["FOSTER_HOME"]) / "runs"
+    return not home.exists() or not any(home.iterdir())
+
+
+@pytest.mark.parametrize("case", ["malformed", "empty", "unknown_model", "threshold_high", "threshold_zero"])
+def test_bad_input_exits_2_with_one_line(case, domain, capsys):
+    args = ["distill", "--teacher", domain["teacher"], "--target", domain["target"], "--inputs", domain["inputs"], "--quiet"]
+    expect = ""
+    if case == "malformed":
+        p = domain["dir"] / "bad.jsonl"
+        p.write_text('{"input": "ok"}\n{"input": "broken\n')
+        args[args.index("--inputs") + 1] = str(p)
+        expect = f"{p}:2"
+    elif case == "empty":
+        p = domain["dir"] / "empty.jsonl"
+        p.write_text("")
+        args[args.index("--inputs") + 1] = str(p)
+        expect = str(p)
+    elif case == "unknown_model":
+        args[args.index("--target") + 1] = "nope/x"
+        expect = "--target"
+    else:
+        args += ["--threshold", "1.5" if case == "threshold_high" else "0"]
+        expect = "--threshold"
+    code, err = _cli(args, capsys)
+    assert code == 2
+    assert len(err) == 1 and expect in err[0], err
+    assert _no_runs()
+
+
+# -- kill during probing, then resume --------------------------------------------------------------
+
+def test_sigkill_during_probe_then_resume_repeats_no_teacher_call(tmp_path):
+    inputs = write_jsonl(tmp_path / "inputs.jsonl", [{"input": x} for x in fakes.HISTORICAL])
+    log = tmp_path / "calls.jsonl"
+    script = str(Path(__file__).parent / "fake_run.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, script, "start", "killme", inputs, str(log)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 25):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = log.read_text().splitlines()
+    assert len(before) >= 25, "the teacher was never called before the kill"
+    home = Path(os.environ["FOSTER_HOME"])
+    probes_file = home / "runs" / "killme" / "probes-round1.json"
+    split_before = {p["id"]: p["split"] for p in json.loads(probes_file.read_text())}
+    subprocess.run([sys.executable, script, "resume", "killme", inputs, str(log)], env=env, check=True, timeout=300)
+    calls = [tuple(json.loads(x)) for x in log.read_text().splitlines()]
+    repeats = len(calls) - len(set(calls))
+    # at most the one call in flight at the moment of the kill may be repeated (its answer was never stored)
+    assert repeats <= 1, f"{repeats} teacher calls repeated"
+    split_after = {p["id"]: p["split"] for p in json.loads(probes_file.read_text())}
+    assert split_after == split_before
+    report = json.loads((home / "runs" / "killme" / "report.json").read_text())
+    assert report["held_out"] == sum(1 for s in split_before.values() if s == "heldout")
