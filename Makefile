@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install demo test bench clean
+.PHONY: install test-deps demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,7 +23,13 @@ install: $(STAMP)
 demo: install
 	$(BIN)/foster demo
 
-test: install
+# Headless Chromium for the UI screenshot test (Debian package; root on CI and dev machines).
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ) || \
+		echo "chromium not installed: the UI screenshot test will be skipped"
+
+test: install test-deps
 	$(BIN)/python -m pytest -q
 
 bench: install
