@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` runs each module in bench.__main__.BENCHMARKS."""
