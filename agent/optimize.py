@@ -1,0 +1,445 @@
+"""DSPy optimization of a prompt bundle against a target model, budgeted in target calls.
+
+A bundle becomes a one-predictor program (`input -> answer`, instructions = system prompt, demos =
+examples); DSPy renders it through `BundleAdapter`, i.e. through the bundle's own `messages()` /
+`prompt()`, so the program it optimizes and the bundle read back from it are the same prompt. For a
+knn bundle only the instructions are tuned: its examples stay a pool retrieved per input.
+
+Optimizers are a small registry (`OPTIMIZERS`, extended with `@optimizer(name)`); each sizes its
+DSPy optimizer to the call budget, and a `CallCounter` refuses target calls past it.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prompts.answers import answers_agree, normalize_answer
+from prompts.bundle import Bundle, Provenance
+
+if TYPE_CHECKING:  # dspy takes seconds to import: `from agent.optimize import OPTIMIZERS` must not
+    import dspy
+
+    from agent.dspy_adapter import CallCounter
+
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizeResult",
+    "OptimizerRun",
+    "TrainItem",
+    "agreement",
+    "bundle_to_program",
+    "optimize",
+    "optimizer",
+    "program_to_bundle",
+]
+
+INPUT, ANSWER = "input", "answer"  # the program's fields (agent.dspy_adapter renders exactly these)
+
+
+@dataclass
+class TrainItem:
+    """One optimization probe: its input, the teacher's modal answer and answer distribution."""
+
+    input: str
+    teacher_mode: str
+    teacher_dist: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizeResult:
+    bundle: Bundle
+    optimizer: str
+    calls_used: int  # calls made to the target model (reflection/proposal calls included when it is the target)
+    score_train: float | None  # the optimizer's own score of the returned prompt on its train/val probes
+    log: dict[str, Any]
+
+
+# --- program <-> bundle ---------------------------------------------------------------------------
+
+
+def bundle_to_program(bundle: Bundle) -> dspy.Predict:
+    """A Predict over `input -> answer` with the system prompt as instructions and the examples as
+    demos (none for a knn bundle: its examples are retrieved per input when rendered)."""
+    import dspy
+
+    signature = dspy.Signature(f"{INPUT} -> {ANSWER}", bundle.system_prompt or None)
+    program = dspy.Predict(signature)
+    if bundle.selection.kind != "knn":
+        program.demos = [dspy.Example({INPUT: e.input, ANSWER: e.output}).with_inputs(INPUT) for e in bundle.examples]
+    return program
+
+
+def _predictor(program: dspy.Module) -> dspy.Predict:
+    predictors = program.predictors()
+    if len(predictors) != 1:
+        raise ValueError(f"a bundle program has exactly one predictor, this one has {len(predictors)}")
+    return predictors[0]
+
+
+def program_to_bundle(program: dspy.Module, base: Bundle, name: str) -> Bundle:
+    """The bundle `program` renders: base's teacher, targets, contract and template, with the
+    program's instructions and (unless base retrieves its examples by knn) its demos."""
+    from agent.dspy_adapter import instructions_of, render_bundle
+
+    predictor = _predictor(program)
+    rendered = render_bundle(base, instructions_of(predictor.signature), predictor.demos)
+    data = rendered.model_dump(exclude={"id", "report", "provenance"})
+    data["name"] = name
+    data["provenance"] = Provenance.collect(
+        run_id=base.provenance.run_id, data_hashes=base.provenance.data_hashes, notes=f"optimized from {base.name or base.id}"
+    )
+    return Bundle.model_validate(data)
+
+
+# --- the metric -----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _embedding(text: str):
+    from prompts.embedding import embed
+
+    return embed([text])[0]
+
+
+def agreement(answer: str | None, item: TrainItem, contract: Any) -> float:
+    """How far `answer` agrees with the teacher on `item`: 1.0 or 0.0 for closed answers (normalized
+    exact match); for free text (contract.format == "text") the embedding cosine, clipped at 0."""
+    if answers_agree(answer, item.teacher_mode, contract):
+        return 1.0
+    fmt = contract.get("format", "text") if isinstance(contract, dict) else getattr(contract, "format", "text")
+    if fmt != "text":
+        return 0.0
+    mine, theirs = normalize_answer(answer, contract), normalize_answer(item.teacher_mode, contract)
+    if not mine or not theirs:
+        return 0.0
+    return max(0.0, min(1.0, float(_embedding(mine) @ _embedding(theirs))))
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class AgreementMetric:
+    """The optimizers' metric: `agreement` with the teacher. Called with DSPy's five arguments it
+    returns a float; `feedback` returns dspy.Prediction(score, feedback) for GEPA's reflection."""
+
+    def __init__(self, contract: Any):
+        self.contract = contract
+
+    def item(self, gold: Any) -> TrainItem:
+        return TrainItem(input=gold[INPUT], teacher_mode=gold[ANSWER], teacher_dist=dict(gold.get("teacher_dist") or {}))
+
+    @staticmethod
+    def answer(pred: Any) -> str:
+        if pred is None:
+            return ""
+        value = pred.get(ANSWER) if hasattr(pred, "get") else getattr(pred, ANSWER, None)
+        return "" if value is None else str(value)
+
+    def __call__(self, gold, pred, trace=None, pred_name=None, pred_trace=None) -> float:
+        return agreement(self.answer(pred), self.item(gold), self.contract)
+
+    def feedback(self, gold, pred, trace=None, pred_name=None, pred_trace=None) -> dspy.Prediction:
+        import dspy
+
+        item, answer = self.item(gold), self.answer(pred)
+        score = agreement(answer, item, self.contract)
+        dist = ", ".join(f"{_short(a, 60)!r} {p:.2f}" for a, p in sorted(item.teacher_dist.items(), key=lambda kv: -kv[1])[:5])
+        if score >= 1.0:
+            text = f"Correct: the teacher answered {_short(item.teacher_mode)!r} and so did you."
+        else:
+            text = f"The teacher answered {_short(item.teacher_mode)!r}; you answered {_short(answer) or '(nothing)'!r}."
+            if score > 0:
+                text += f" Similarity to the teacher's answer: {score:.2f}."
+        if dist:
+            text += f" The teacher's answer distribution on this input: {dist}."
+        answers = getattr(self.contract, "answers", None) or []
+        if answers and score < 1.0:
+            text += f" Valid answers: {', '.join(answers[:30])}. Answer with one of them only."
+        return dspy.Prediction(score=score, feedback=text)
+
+
+# --- the optimizer registry -----------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerRun:
+    """What an optimizer function gets besides (program, trainset, metric, budget)."""
+
+    metric: AgreementMetric
+    counter: CallCounter  # every call to the target model (program and proposer), refused past the budget
+    target_lm: dspy.LM
+    reflection_lm: dspy.LM  # proposes instructions (GEPA reflection, MIPROv2/SIMBA prompt model)
+    reflection_is_target: bool
+    plain_proposer: bool  # a local proposer answers in plain text (PlainTextAdapter), not JSON or markers
+    knn: bool  # instructions only: the examples are a retrieved pool
+    seed: int = 0
+    num_threads: int = 1
+    log: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, trainset: list, n: int) -> tuple[list, list]:
+        """(n items for validation, the rest): shuffled by the seed, then dealt round-robin across
+        the teacher's answers, so even a small valset sees every answer it can."""
+        items = list(trainset)
+        random.Random(self.seed).shuffle(items)
+        groups: dict[str, list] = {}
+        for item in items:
+            groups.setdefault(normalize_answer(item[ANSWER], self.metric.contract).casefold(), []).append(item)
+        queues = sorted(groups.values(), key=len, reverse=True)
+        dealt = [queue[i] for i in range(len(queues[0]) if queues else 0) for queue in queues if i < len(queue)]
+        return dealt[:n], dealt[n:]
+
+
+OptimizerFn = Callable[["dspy.Module", list, AgreementMetric, int, OptimizerRun], "dspy.Module"]
+OPTIMIZERS: dict[str, OptimizerFn] = {}
+
+
+def optimizer(name: str) -> Callable[[OptimizerFn], OptimizerFn]:
+    """Register `fn(program, trainset, metric, budget, run) -> program` under `name`."""
+
+    def register(fn: OptimizerFn) -> OptimizerFn:
+        OPTIMIZERS[name] = fn
+        return fn
+
+    return register
+
+
+def _percent(score: Any) -> float | None:
+    """DSPy's Evaluate reports percentages; everything here is 0..1."""
+    return None if score is None else float(score) / 100.0
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+@optimizer("gepa")
+def run_gepa(program, trainset, metric, budget, run: OptimizerRun):
+    """GEPA: reflective instruction evolution with textual feedback. The Pareto valset is a budget/5
+    slice of the probes, minibatches are 3; GEPA stops when the next iteration (two minibatch
+    evaluations and a reflection call, when the reflection model is the target) would not fit."""
+    import dspy
+
+    valset, _ = run.split(trainset, _clamp(budget // 5, 1, len(trainset)))
+    minibatch = min(3, len(trainset))
+    per_iteration = 2 * minibatch + int(run.reflection_is_target)
+
+    def out_of_budget(state) -> bool:
+        return (run.counter.remaining or 0) < per_iteration
+
+    proposer = None
+    if run.plain_proposer:
+        from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
+
+        from agent.dspy_adapter import PlainTextAdapter
+
+        proposer = InstructionProposer(adapter=PlainTextAdapter())
+    gepa = dspy.GEPA(
+        metric=metric.feedback,
+        instruction_proposer=proposer,
+        max_metric_calls=budget,
+        reflection_lm=run.reflection_lm,
+        reflection_minibatch_size=minibatch,
+        use_merge=False,  # one component: nothing to merge
+        num_threads=run.num_threads,
+        track_stats=True,
+        seed=run.seed,
+        gepa_kwargs={"stop_callbacks": [out_of_budget]},
+    )
+    optimized = gepa.compile(program, trainset=trainset, valset=valset)
+    results = getattr(optimized, "detailed_results", None)
+    run.log.update(valset=len(valset), minibatch=minibatch)
+    if results is not None:
+        scores = list(results.val_aggregate_scores)
+        run.log.update(candidates=len(results.candidates), seed_score=scores[0] if scores else None,
+                       score_train=scores[results.best_idx] if scores else None)
+        from agent.dspy_adapter import instructions_of
+
+        run.log["candidate_instructions"] = [_short(instructions_of(_predictor(c).signature), 200) for c in results.candidates]
+    return optimized
+
+
+@optimizer("miprov2")
+def run_miprov2(program, trainset, metric, budget, run: OptimizerRun):
+    """MIPROv2 sized by hand (auto=None): 3 instruction candidates from the proposer model and
+    4 bootstrapping runs (MIPROv2 bootstraps demos even zero-shot, to show its proposer) over a
+    budget/12 slice; fixed bases also search demo sets (labeled + up to 2 bootstrapped), a knn
+    base is optimized zero-shot. Trials, each a full pass over a budget/6 valset, use the rest."""
+    import dspy
+
+    valset, rest = run.split(trainset, _clamp(budget // 6, 1, max(1, len(trainset) - 1)))
+    candidates = 3
+    rest = (rest or list(valset))[: _clamp(budget // (3 * (candidates + 1)), 2, len(trainset))]
+    demos = 0 if run.knn else 2
+    proposer_calls = (candidates + 2) if run.reflection_is_target else 0
+    bootstrap_calls = (candidates + 1) * len(rest)
+    trials = max(1, (budget - proposer_calls - bootstrap_calls) // max(1, len(valset)) - 1)
+    mipro = dspy.MIPROv2(
+        metric=metric,
+        prompt_model=run.reflection_lm,
+        task_model=run.target_lm,
+        auto=None,
+        num_candidates=candidates,
+        max_bootstrapped_demos=demos,
+        max_labeled_demos=0 if run.knn else 4,
+        num_threads=run.num_threads,
+        seed=run.seed,
+        metric_threshold=1.0 if metric.contract.format != "text" else 0.9,
+        verbose=False,
+    )
+    optimized = mipro.compile(
+        program,
+        trainset=rest,
+        valset=valset,
+        num_trials=trials,
+        minibatch=False,
+        program_aware_proposer=False,  # the program is one Predict: its source says nothing
+        view_data_batch_size=max(1, len(rest)),  # one data-summary call
+    )
+    run.log.update(valset=len(valset), trials=trials, candidates=candidates, score_train=_percent(getattr(optimized, "score", None)))
+    return optimized
+
+
+@optimizer("simba")
+def run_simba(program, trainset, metric, budget, run: OptimizerRun):
+    """SIMBA with 2 candidates per step on minibatches of budget/12 probes, as many steps as fit
+    after its final evaluation of the winners; a knn base only gets rules appended."""
+    import dspy
+
+    candidates = 2
+    bsize = _clamp(budget // 12, 1, len(trainset))
+    subset, _ = run.split(trainset, _clamp(budget // 6, bsize, len(trainset)))
+    per_step = bsize * candidates + (candidates + 1) * bsize + (candidates + 1) * int(run.reflection_is_target)
+    final = (candidates + 1) * len(subset)
+    steps = max(1, (budget - final) // max(1, per_step))
+    simba = dspy.SIMBA(
+        metric=metric,
+        bsize=bsize,
+        num_candidates=candidates,
+        max_steps=steps,
+        max_demos=0 if run.knn else 4,
+        prompt_model=run.reflection_lm,
+        num_threads=run.num_threads,
+    )
+    optimized = simba.compile(program, trainset=subset, seed=run.seed)
+    scored = getattr(optimized, "candidate_programs", None) or []
+    run.log.update(bsize=bsize, steps=steps, subset=len(subset), score_train=float(scored[0]["score"]) if scored else None)
+    return optimized
+
+
+@optimizer("bootstrap")
+def run_bootstrap(program, trainset, metric, budget, run: OptimizerRun):
+    """BootstrapFewShotWithRandomSearch over demo sets (teacher-labeled + up to 2 bootstrapped) on a
+    budget/5 valset, with as many random candidates as fit. A knn base retrieves its demos per
+    input, so there is nothing to search: it comes back unchanged and no call is spent."""
+    import dspy
+
+    if run.knn:
+        run.log["note"] = "bootstrap tunes demos; a knn bundle retrieves its demos per input: base returned unchanged"
+        return program
+    valset, rest = run.split(trainset, _clamp(budget // 5, 1, max(1, len(trainset) - 1)))
+    rest = rest or list(valset)
+    demos = 2
+    bootstrap_cost = min(len(rest), 2 * demos + 2)
+    candidates = max(0, (budget - 3 * len(valset) - bootstrap_cost) // (len(valset) + bootstrap_cost))
+    search = dspy.BootstrapFewShotWithRandomSearch(
+        metric=metric,
+        max_bootstrapped_demos=demos,
+        max_labeled_demos=4,
+        num_candidate_programs=candidates,
+        num_threads=run.num_threads,
+        metric_threshold=1.0 if metric.contract.format != "text" else 0.9,
+    )
+    optimized = search.compile(program, trainset=rest, valset=valset)
+    scored = getattr(optimized, "candidate_programs", None) or []
+    run.log.update(valset=len(valset), candidates=candidates + 3, score_train=_percent(scored[0]["score"]) if scored else None)
+    return optimized
+
+
+# --- the entry point ------------------------------------------------------------------------------
+
+
+def optimize(
+    base: Bundle,
+    train: list[TrainItem],
+    target: str,
+    *,
+    optimizer: str = "gepa",
+    budget_calls: int = 200,
+    reflection_lm: str | None = None,
+    seed: int = 0,
+    completion: bool = False,
+    max_tokens: int = 24,
+    num_threads: int = 1,
+) -> OptimizeResult:
+    """Optimize `base` against `target` on `train` with the named optimizer, spending at most
+    `budget_calls` calls to the target (the reflection/proposer model is the target unless
+    `reflection_lm` names another). Greedy answers of `max_tokens`, as evaluation asks them."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if not train:
+        raise ValueError("optimize needs at least one train item")
+    if budget_calls < 1:
+        raise ValueError(f"budget_calls must be at least 1, got {budget_calls}")
+
+    import dspy
+
+    from agent.dspy_adapter import BundleAdapter, CallCounter, PlainTextAdapter, gateway_lm
+
+    budget = CallCounter(limit=budget_calls)  # every call to the target model
+    program_calls = CallCounter(parent=budget)
+    target_lm = gateway_lm(target, completion=completion, max_tokens=max_tokens, counter=program_calls)
+    reflection_model = reflection_lm or target
+    reflection_is_target = reflection_model == target
+    reflection_calls = CallCounter(parent=budget if reflection_is_target else None)
+    plain = reflection_model.startswith("local/")
+    # A proposer writes instructions: longer and sampled. Chat even for a base target (the local
+    # provider renders chat as a transcript for base models).
+    proposer = gateway_lm(reflection_model, temperature=0.7, max_tokens=256 if plain else 2048, counter=reflection_calls)
+
+    knn = base.selection.kind == "knn"
+    metric = AgreementMetric(base.output_contract)
+    run = OptimizerRun(metric=metric, counter=budget, target_lm=target_lm, reflection_lm=proposer,
+                       reflection_is_target=reflection_is_target, plain_proposer=plain, knn=knn, seed=seed,
+                       num_threads=num_threads)
+    trainset = [
+        dspy.Example({INPUT: t.input, ANSWER: t.teacher_mode, "teacher_dist": dict(t.teacher_dist)}).with_inputs(INPUT)
+        for t in train
+    ]
+    program = bundle_to_program(base)
+    adapter = BundleAdapter(base, completion=completion, fallback=PlainTextAdapter() if plain else None)
+    if knn and base.examples:
+        base.select_examples(train[0].input)  # embeds the pool once; the adapter's copies share it
+
+    start = time.perf_counter()
+    with dspy.context(lm=target_lm, adapter=adapter):
+        optimized = OPTIMIZERS[optimizer](program, trainset, metric, budget_calls, run)
+    seconds = time.perf_counter() - start
+
+    bundle = program_to_bundle(optimized, base, name=f"{base.name or 'bundle'}-{optimizer}")
+    bundle.provenance.notes = f"optimized with {optimizer} against {target} ({budget.calls} target calls) from {base.name or base.id}"
+    log = {
+        "target": target,
+        "optimizer": optimizer,
+        "budget_calls": budget_calls,
+        "calls_used": budget.calls,
+        "program_calls": program_calls.calls,
+        "calls_refused": budget.refused + reflection_calls.refused * (not reflection_is_target),
+        "reflection_lm": reflection_model,
+        "reflection_calls": reflection_calls.calls,
+        "reflection_in_budget": reflection_is_target,
+        "knn": knn,
+        "completion": completion,
+        "seconds": round(seconds, 2),
+        "instructions_changed": bundle.system_prompt != base.system_prompt,
+        "examples_changed": [e.model_dump() for e in bundle.examples] != [e.model_dump() for e in base.examples],
+        **run.log,
+    }
+    return OptimizeResult(bundle=bundle, optimizer=optimizer, calls_used=budget.calls,
+                          score_train=log.get("score_train"), log=log)
