@@ -47,6 +47,9 @@ class RunConfig(BaseModel):
     max_new_tokens: int = Field(24, description="generation length for answers")
     seed: int = 0
     models_file: str | None = None
+    endpoints: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per-model endpoint: {model: {api_base, api_key_env}}; key values are never stored")
     run_id: str | None = None
 
     @field_validator("threshold")
@@ -76,6 +79,9 @@ class RunConfig(BaseModel):
             raise InputError("--target: at least one target model is required")
         if not (self.teacher or self.teacher_records or self.train_data):
             raise InputError("one of --teacher, --teacher-records or --train-data is required")
+        for model, ep in self.endpoints.items():
+            if set(ep) - {"api_base", "api_key_env"}:
+                raise InputError(f"--api-base/--api-key-env {model}: only api_base and api_key_env may be given")
         for flag in ("inputs", "teacher_records", "train_data", "hand_written", "models_file"):
             p = getattr(self, flag)
             if p is not None and not Path(p).is_file():

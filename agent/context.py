@@ -14,6 +14,14 @@ class StopRun(Exception):
     """A cap was hit or the run was cancelled: stop cleanly with the best bundle so far."""
 
 
+def register_endpoints(config: RunConfig) -> None:
+    """A self-hosted OpenAI-compatible server is a first-class teacher or target: its endpoint comes with it."""
+    from agent import gateway
+
+    for model, ep in config.endpoints.items():
+        gateway.register_model_spec(gateway.ModelSpec(name=model, model=model, **ep))
+
+
 class RunContext:
     def __init__(self, run_id: str, config: dict, prior_usage: dict | None = None):
         from agent import gateway
@@ -27,6 +35,7 @@ class RunContext:
         self.prior_usage = prior_usage or {}
         if self.config.models_file:
             gateway.load_models_file(self.config.models_file)
+        register_endpoints(self.config)
         self._store = None
 
     @property

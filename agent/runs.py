@@ -19,8 +19,11 @@ def validate(config: RunConfig) -> None:
     from agent import gateway
     from agent.inputs import read_jsonl
 
+    from agent.context import register_endpoints
+
     if config.models_file:
         gateway.load_models_file(config.models_file)
+    register_endpoints(config)
     for flag, models in (("--teacher", [config.teacher]), ("--target", config.targets),
                          ("--generator", [config.generator]), ("--miner", [config.miner]), ("--judge", [config.judge])):
         for m in models:

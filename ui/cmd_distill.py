@@ -46,13 +46,28 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cost", type=float, help="cap on cost (USD)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-id", help="name the run (default: time-stamped)")
+    p.add_argument("--api-base", action="append", default=[], metavar="MODEL=URL",
+                   help="endpoint of one model, e.g. a self-hosted OpenAI-compatible server (repeatable)")
+    p.add_argument("--api-key-env", action="append", default=[], metavar="MODEL=VAR",
+                   help="environment variable holding one model's key (repeatable; keys are never stored)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 CONFIG_FIELDS = ("teacher", "teacher_records", "train_data", "targets", "inputs", "task", "hand_written", "threshold",
                  "temperatures", "samples", "generator", "synth_per_kind", "miner", "judge", "fidelity", "optimizer",
                  "budget_calls", "knn_k", "max_rounds", "min_gain", "max_probes", "max_calls", "max_tokens",
-                 "max_cost", "seed", "run_id", "models_file")
+                 "max_cost", "seed", "run_id", "models_file", "endpoints")
+
+
+def _endpoints(values: dict) -> dict:
+    eps: dict[str, dict[str, str]] = {}
+    for flag, field in (("api_base", "api_base"), ("api_key_env", "api_key_env")):
+        for item in values.get(flag) or []:
+            model, sep, val = item.rpartition("=")
+            if not sep or not model or not val:
+                raise CommandError(f"--{flag.replace('_', '-')} {item}: expected MODEL=VALUE")
+            eps.setdefault(model, {})[field] = val
+    return eps
 
 
 def make_config(values: dict):
@@ -61,6 +76,8 @@ def make_config(values: dict):
 
     from agent.config import InputError, RunConfig
 
+    if values.get("api_base") or values.get("api_key_env"):
+        values = {**values, "endpoints": _endpoints(values)}
     try:
         return RunConfig.model_validate({k: v for k, v in values.items() if k in CONFIG_FIELDS and v is not None})
     except ValidationError as e:
