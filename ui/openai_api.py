@@ -1,0 +1,461 @@
+"""Drop-in serving: /v1/chat/completions and /v1/completions answer in the OpenAI shape from a bundle.
+
+`model` names a deployment (an alias such as the retired fine-tune's id) or a bundle id. The
+bundle renders the request's input with the same code evaluation used (`agent.target.render_request`:
+messages for chat targets, a few-shot prompt for base targets) and the target is called through
+litellm. The input is the last user message of a chat request, or the prompt of a completion
+request. Under a label output contract the answer is normalized as evaluation normalized it, so a
+client receives the label that was measured ("Billing." becomes "Billing").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ui.catalog import catalog
+from ui.deployments import Deployment, deployment_store, shadow_in_background, should_shadow
+from ui.errors import ApiError, error_body
+
+DEFAULT_MAX_TOKENS = 256
+MAX_N = 8
+
+router = APIRouter()
+
+# Shadow requests run here, after the client has its answer; two workers keep a slow teacher from
+# piling up threads (excess requests queue).
+_SHADOW_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="foster-shadow")
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies (the OpenAI fields foster honours; other OpenAI fields are accepted and ignored)
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "text"
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, description="a deployment name (alias) or a bundle id")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 0: bundles are evaluated greedily")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    def stops(self) -> list[str]:
+        if not self.stop:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(description="the input (or inputs) the bundle renders")
+    echo: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving `model`
+
+
+@dataclass
+class Served:
+    """What a request's `model` resolved to."""
+
+    name: str
+    bundle: Any
+    target: str
+    deployment: Deployment | None
+
+
+def resolve(model: str) -> Served:
+    """A deployment by name, else a bundle by id; 404 in the OpenAI shape otherwise."""
+    deployment = deployment_store().get(model)
+    bundle_id = deployment.bundle_id if deployment else model
+    bundle = catalog().load(bundle_id)
+    if bundle is None:
+        if deployment is not None:
+            raise ApiError(404, f"deployment {model!r} serves bundle {bundle_id!r}, which no longer exists",
+                           code="model_not_found", param="model")
+        raise ApiError(404, f"The model `{model}` does not exist: name a deployment (GET /v1/deployments) "
+                            "or a bundle id (GET /v1/bundles)", code="model_not_found", param="model")
+    target = (deployment.target if deployment and deployment.target else None) or bundle.targets[0]
+    return Served(name=model, bundle=bundle, target=target, deployment=deployment)
+
+
+def _input_of(messages: list[ChatMessage]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            return message.text()
+    raise ApiError(422, "invalid request: messages: no user message (the last user message is the input the bundle renders)",
+                   code="invalid_body", param="messages")
+
+
+def _finalize(served: Served, text: str) -> str:
+    if served.bundle.output_contract.format == "label":
+        return served.bundle.normalize(text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Calling the target
+
+
+def render(served: Served, user_input: str, stops: list[str]) -> dict:
+    """The request the bundle makes for this target (agent.target: the path evaluation used)."""
+    from agent.target import render_request
+
+    request = render_request(served.bundle, served.target, user_input)
+    if "prompt" in request:
+        request["stop"] = list(dict.fromkeys([*request.get("stop", []), *stops]))
+    elif stops:
+        request["stop"] = stops
+    return request
+
+
+def _params(body: _Sampling, max_tokens: int | None) -> dict:
+    params: dict[str, Any] = {
+        "temperature": 0.0 if body.temperature is None else body.temperature,
+        "max_tokens": max_tokens or DEFAULT_MAX_TOKENS,
+    }
+    if body.top_p is not None:
+        params["top_p"] = body.top_p
+    if body.seed is not None:
+        params["seed"] = body.seed
+    return params
+
+
+def _call(served: Served, request: dict, params: dict, n: int):
+    """The gateway call, and how long all of it took (checks and ledger included)."""
+    from agent.gateway import complete
+
+    start = time.perf_counter()
+    result = complete(served.target, n=n, **request, **params)
+    return result, time.perf_counter() - start
+
+
+def _target_error(served: Served, exc: Exception) -> ApiError:
+    from agent.gateway import UnknownModelError
+
+    if isinstance(exc, UnknownModelError):
+        return ApiError(503, f"target {served.target} of {served.name!r} is not available here: {exc}", code="target_unavailable")
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ApiError(502, f"target {served.target} failed: {message}", code="target_error")
+
+
+async def _complete(served: Served, request: dict, params: dict, n: int):
+    """(Completion, seconds spent in the gateway) from a worker thread, so the event loop stays free."""
+    try:
+        return await anyio.to_thread.run_sync(lambda: _call(served, request, params, n))
+    except ApiError:
+        raise
+    except Exception as exc:
+        raise _target_error(served, exc) from exc
+
+
+def stream_texts(served: Served, request: dict, params: dict) -> Iterator[str]:
+    """Text pieces from the target as litellm streams them (one sample).
+
+    agent.gateway.complete() does not stream; this is its streaming twin: the same model spec
+    (endpoint, key), the same local provider, usage recorded in the process ledger.
+    """
+    import litellm
+
+    from agent import gateway
+    from agent.local.provider import ensure_registered
+
+    spec = gateway.model_spec(served.target)
+    gateway.check_model(served.target)
+    litellm.suppress_debug_info = True
+    ensure_registered()
+    local = spec.model.startswith(gateway.LOCAL_PREFIX)
+    kwargs: dict[str, Any] = {"model": spec.model, "stream": True, **params}
+    if request.get("stop"):
+        kwargs["stop"] = request["stop"]
+    if not local:
+        kwargs["drop_params"] = True
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
+        if spec.key():
+            kwargs["api_key"] = spec.key()
+    started = time.perf_counter()
+    pieces = 0
+    try:
+        if "prompt" in request:
+            chunks = litellm.text_completion(prompt=request["prompt"], **kwargs)
+            for chunk in chunks:
+                text = chunk.choices[0].text if chunk.choices else None
+                if text:
+                    pieces += 1
+                    yield text
+        else:
+            chunks = litellm.completion(messages=request["messages"], stream_options={"include_usage": True}, **kwargs)
+            for chunk in chunks:
+                text = chunk.choices[0].delta.content if chunk.choices else None
+                if text:
+                    pieces += 1
+                    yield text
+    except Exception:
+        gateway.process_ledger().record(served.target, seconds=time.perf_counter() - started, error=True)
+        raise
+    gateway.process_ledger().record(served.target, completion_tokens=pieces, seconds=time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def _shadow(served: Served, user_input: str, text: str, max_tokens: int) -> None:
+    if should_shadow(served.deployment):
+        _SHADOW_POOL.submit(shadow_in_background, served.deployment, served.bundle, served.target, user_input, text, max_tokens)
+
+
+def _headers(served: Served, target_s: float, total_start: float) -> dict[str, str]:
+    total = (time.perf_counter() - total_start) * 1000
+    return {
+        "x-foster-bundle": served.bundle.id,
+        "x-foster-target": served.target,
+        # what the service itself added: total time in the handler minus the target call
+        "server-timing": f"target;dur={target_s * 1000:.2f}, total;dur={total:.2f}",
+    }
+
+
+def _sse(data: dict | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n".encode()
+
+
+async def _aiter_sync(iterator: Iterator[str]) -> AsyncIterator[str]:
+    done = object()
+    while (item := await anyio.to_thread.run_sync(next, iterator, done)) is not done:
+        yield item
+
+
+async def _open_stream(served: Served, request: dict, params: dict) -> tuple[str | None, AsyncIterator[str]]:
+    """Start the target's stream and take its first piece, so a failing target is an HTTP error,
+    not an error in the middle of a 200 stream."""
+    texts = _aiter_sync(stream_texts(served, request, params))
+    try:
+        first = await texts.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except Exception as exc:
+        raise _target_error(served, exc) from exc
+    return first, texts
+
+
+def _stream_response(chunks: AsyncIterator[bytes], served: Served) -> StreamingResponse:
+    return StreamingResponse(
+        chunks,
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-foster-bundle": served.bundle.id, "x-foster-target": served.target},
+    )
+
+
+@router.post("/chat/completions", summary="Chat completion from a deployed bundle (OpenAI-compatible)")
+async def chat_completions(body: ChatCompletionRequest):
+    total_start = time.perf_counter()
+    served = resolve(body.model)
+    user_input = _input_of(body.messages)
+    request = render(served, user_input, body.stops())
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    params = _params(body, max_tokens)
+    completion_id = "chatcmpl-" + uuid.uuid4().hex
+    created = int(time.time())
+    head = {"id": completion_id, "created": created, "model": body.model, "system_fingerprint": f"foster-{served.bundle.id}"}
+
+    if not body.stream:
+        result, target_s = await _complete(served, request, params, body.n)
+        texts = [_finalize(served, t) for t in result.texts]
+        _shadow(served, user_input, texts[0], params["max_tokens"])
+        return JSONResponse(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": "stop"}
+                    for i, t in enumerate(texts)
+                ],
+                "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                          "total_tokens": result.prompt_tokens + result.completion_tokens},
+            },
+            headers=_headers(served, target_s, total_start),
+        )
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(index: int, delta: dict, finish: str | None = None) -> bytes:
+        return _sse({**head, "object": "chat.completion.chunk",
+                     "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+
+    if body.n > 1 or served.bundle.output_contract.format == "label":
+        # several samples, or a label that must be normalized whole: answer first, then stream it
+        result, _ = await _complete(served, request, params, body.n)
+        texts = [_finalize(served, t) for t in result.texts]
+        _shadow(served, user_input, texts[0], params["max_tokens"])
+
+        async def buffered() -> AsyncIterator[bytes]:
+            for i, text in enumerate(texts):
+                yield chunk(i, {"role": "assistant", "content": ""})
+                yield chunk(i, {"content": text})
+                yield chunk(i, {}, "stop")
+            if include_usage:
+                yield _sse({**head, "object": "chat.completion.chunk", "choices": [],
+                            "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                                      "total_tokens": result.prompt_tokens + result.completion_tokens}})
+            yield _sse("[DONE]")
+
+        return _stream_response(buffered(), served)
+
+    first, texts = await _open_stream(served, request, params)
+
+    async def streamed() -> AsyncIterator[bytes]:
+        answer: list[str] = []
+        yield chunk(0, {"role": "assistant", "content": ""})
+        try:
+            if first:
+                answer.append(first)
+                yield chunk(0, {"content": first})
+            async for piece in texts:
+                answer.append(piece)
+                yield chunk(0, {"content": piece})
+        except Exception as exc:  # the client is mid-stream: say so in the stream, then end it
+            yield _sse(error_body(502, f"target {served.target} failed mid-stream: {exc}", "target_error"))
+            yield _sse("[DONE]")
+            return
+        yield chunk(0, {}, "stop")
+        if include_usage:
+            yield _sse({**head, "object": "chat.completion.chunk", "choices": [],
+                        "usage": {"prompt_tokens": 0, "completion_tokens": len(answer), "total_tokens": len(answer)}})
+        yield _sse("[DONE]")
+        _shadow(served, user_input, "".join(answer), params["max_tokens"])
+
+    return _stream_response(streamed(), served)
+
+
+@router.post("/completions", summary="Text completion from a deployed bundle (OpenAI-compatible)")
+async def completions(body: CompletionRequest):
+    total_start = time.perf_counter()
+    served = resolve(body.model)
+    inputs = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not inputs:
+        raise ApiError(422, "invalid request: prompt: give one input or a list of inputs", code="invalid_body", param="prompt")
+    if len(inputs) > 16:
+        raise ApiError(422, "invalid request: prompt: at most 16 inputs per request", code="invalid_body", param="prompt")
+    params = _params(body, body.max_tokens)
+    completion_id = "cmpl-" + uuid.uuid4().hex
+    head = {"id": completion_id, "created": int(time.time()), "model": body.model,
+            "system_fingerprint": f"foster-{served.bundle.id}"}
+
+    def choice(index: int, text: str, finish: str | None) -> dict:
+        return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+    if body.stream and body.n == 1 and len(inputs) == 1 and served.bundle.output_contract.format != "label":
+        request = render(served, inputs[0], body.stops())
+        first, texts = await _open_stream(served, request, params)
+
+        async def streamed() -> AsyncIterator[bytes]:
+            answer: list[str] = []
+            prefix = inputs[0] if body.echo else ""
+            try:
+                if first or prefix:
+                    answer.append(first or "")
+                    yield _sse({**head, "object": "text_completion", "choices": [choice(0, prefix + (first or ""), None)]})
+                async for piece in texts:
+                    answer.append(piece)
+                    yield _sse({**head, "object": "text_completion", "choices": [choice(0, piece, None)]})
+            except Exception as exc:
+                yield _sse(error_body(502, f"target {served.target} failed mid-stream: {exc}", "target_error"))
+                yield _sse("[DONE]")
+                return
+            yield _sse({**head, "object": "text_completion", "choices": [choice(0, "", "stop")]})
+            yield _sse("[DONE]")
+            _shadow(served, inputs[0], "".join(answer), params["max_tokens"])
+
+        return _stream_response(streamed(), served)
+
+    choices: list[dict] = []
+    prompt_tokens = completion_tokens = 0
+    target_s = 0.0
+    for i, user_input in enumerate(inputs):
+        result, seconds = await _complete(served, render(served, user_input, body.stops()), params, body.n)
+        texts = [_finalize(served, t) for t in result.texts]
+        _shadow(served, user_input, texts[0], params["max_tokens"])
+        prefix = user_input if body.echo else ""
+        choices += [choice(i * body.n + j, prefix + t, "stop") for j, t in enumerate(texts)]
+        prompt_tokens += result.prompt_tokens
+        completion_tokens += result.completion_tokens
+        target_s += seconds
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+
+    if not body.stream:
+        return JSONResponse({**head, "object": "text_completion", "choices": choices, "usage": usage},
+                            headers=_headers(served, target_s, total_start))
+
+    async def buffered() -> AsyncIterator[bytes]:
+        for c in choices:
+            yield _sse({**head, "object": "text_completion", "choices": [{**c, "finish_reason": None}]})
+            yield _sse({**head, "object": "text_completion", "choices": [choice(c["index"], "", "stop")]})
+        yield _sse("[DONE]")
+
+    return _stream_response(buffered(), served)
+
+
+@router.get("/models", summary="Models this server answers for: deployments and bundles (OpenAI-compatible)")
+async def list_models():
+    created = int(time.time())
+    data = [{"id": d.name, "object": "model", "created": int(d.created_at or created), "owned_by": "foster",
+             "bundle_id": d.bundle_id} for d in deployment_store().all()]
+    seen = {d["id"] for d in data}
+    for entry in catalog().entries():
+        if entry.id not in seen:
+            seen.add(entry.id)
+            data.append({"id": entry.id, "object": "model", "created": int(entry.mtime), "owned_by": "foster",
+                         "bundle_id": entry.id})
+    return {"object": "list", "data": data}

@@ -1,0 +1,393 @@
+"""`foster serve`: one FastAPI app with the run API, the bundle API, drop-in serving and the Gradio app.
+
+    /v1/runs ...          start, list, watch (server-sent events), cancel runs; their best bundle
+    /v1/bundles ...       every bundle in a run or in foster_home()/bundles
+    /v1/deployments ...   a bundle under an alias, optionally shadowed by the live teacher
+    /v1/chat/completions, /v1/completions, /v1/models   OpenAI-compatible (ui.openai_api)
+    /ui                   the Gradio app (ui.gradio_app)
+
+`create_app()` builds the app and `serve()` runs it, so tests and benchmarks mount the same app
+on their own server. When FOSTER_API_TOKEN is set every /v1 route wants `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+import agent  # noqa: F401  (offline environment before litellm, chromadb or gradio load)
+from agent.config import RunConfig
+from prompts.bundle import Bundle
+from ui import openai_api
+from ui.catalog import SAFE_ID, bundles_dir, catalog
+from ui.deployments import NAME_PATTERN, Deployment, deployment_store, divergences
+from ui.errors import ApiError, install_error_handlers
+
+TOKEN_ENV = "FOSTER_API_TOKEN"
+TERMINAL = ("done", "failed", "cancelled", "stopped")
+
+RunId = Annotated[str, Path(pattern=SAFE_ID, max_length=200, description="a run id (see GET /v1/runs)")]
+BundleId = Annotated[str, Path(pattern=SAFE_ID, max_length=200, description="a bundle id (see GET /v1/bundles)")]
+DeploymentName = Annotated[str, Path(pattern=NAME_PATTERN, description="a deployment name")]
+Format = Annotated[str, Query(pattern="^(json|md)$", description="json (the bundle) or md (its readable sidecar)")]
+
+_bearer = HTTPBearer(auto_error=False, description=f"required when {TOKEN_ENV} is set on the server")
+
+
+def _token_checker(token: str | None):
+    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+        expected = token if token is not None else os.environ.get(TOKEN_ENV)
+        if not expected:
+            return
+        given = credentials.credentials if credentials else ""
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(401, "missing or wrong bearer token: send `Authorization: Bearer <FOSTER_API_TOKEN>`",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+def _registry():
+    from store.runs import RunRegistry
+
+    return RunRegistry()
+
+
+def _status_or_404(run_id: str):
+    status = _registry().get(run_id)
+    if status is None:
+        raise ApiError(404, f"no run {run_id!r} (see GET /v1/runs)", code="run_not_found", param="run_id")
+    return status
+
+
+def _report_summary(run_id: str) -> dict | None:
+    report = _registry().read_json(run_id, "report.json")
+    if not isinstance(report, dict):
+        return None
+    keys = ("verdict", "threshold", "ceiling", "answer_kind", "fidelity_method", "held_out", "train", "wall_seconds", "best_bundle")
+    summary = {k: report[k] for k in keys if k in report}
+    summary["targets"] = {
+        target: {"best": (s.get("best") or {}).get("fidelity"), "best_variant": (s.get("best") or {}).get("variant"),
+                 "zero_shot": (s.get("zero_shot") or {}).get("fidelity"), "calibration_gap": s.get("calibration_gap"),
+                 "sampled_agreement": s.get("sampled_agreement")}
+        for target, s in (report.get("targets") or {}).items() if isinstance(s, dict)
+    }
+    return summary
+
+
+def _bundle_response(path: FilePath, fmt: str) -> Response:
+    if fmt == "md":
+        md = path.with_suffix(".md")
+        if not md.is_file():
+            raise ApiError(404, f"bundle {path.stem} has no Markdown sidecar", code="bundle_not_found")
+        return PlainTextResponse(md.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")
+    return Response(path.read_bytes(), media_type="application/json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+runs = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@runs.post("", status_code=202, summary="Start a distillation run in the background")
+async def start_run(config: RunConfig) -> dict:
+    """The body is the CLI's options (RunConfig). Returns at once with the run id; watch
+    GET /v1/runs/{id}/events for progress."""
+    import re
+
+    from agent import runs as agent_runs
+    from agent.config import InputError
+
+    if config.run_id is not None and not re.match(SAFE_ID, config.run_id):
+        raise ApiError(422, f"invalid request: run_id: {config.run_id!r} is not a valid run id (letters, digits, . _ - :)",
+                       code="invalid_body", param="run_id")
+    try:
+        run_id = await anyio.to_thread.run_sync(lambda: agent_runs.start_run(config, background=True))
+    except InputError as exc:
+        raise ApiError(422, f"invalid request: {exc}", code="invalid_body") from exc
+    return {"run_id": run_id, "status": "queued", "events": f"/v1/runs/{run_id}/events"}
+
+
+@runs.get("", summary="List runs, newest first")
+async def list_runs(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+    statuses = _registry().list()[:limit]
+    return {"object": "list", "data": [s.model_dump() for s in statuses]}
+
+
+@runs.get("/{run_id}", summary="A run's status, current node, progress per node and figures")
+async def get_run(run_id: RunId) -> dict:
+    status = _status_or_404(run_id)
+    return {**status.model_dump(), "report": _report_summary(run_id)}
+
+
+@runs.get("/{run_id}/report", summary="A run's full evaluation report (report.json)")
+async def get_report(run_id: RunId) -> Any:
+    _status_or_404(run_id)
+    report = _registry().read_json(run_id, "report.json")
+    if report is None:
+        raise ApiError(404, f"run {run_id} has no report yet", code="report_not_found")
+    return report
+
+
+@runs.get("/{run_id}/grid", summary="A run's comparison grid (grid.json): held-out probes x variants")
+async def get_grid(run_id: RunId) -> Any:
+    _status_or_404(run_id)
+    grid = _registry().read_json(run_id, "grid.json")
+    if grid is None:
+        raise ApiError(404, f"run {run_id} has no grid yet (written by the evaluate node)", code="grid_not_found")
+    return grid
+
+
+async def _tail_events(request: Request, run_id: str, after: int, follow: bool, poll: float = 0.25,
+                       heartbeat: float = 15.0):
+    """events.jsonl as server-sent events (id = the event's line number), until the run ends."""
+    registry = _registry()
+    path = registry.run_dir(run_id) / "events.jsonl"
+    offset, index, pending = 0, 0, b""
+    last_sent = time.monotonic()
+    while True:
+        finished = (status := registry.get(run_id)) is None or status.status in TERMINAL
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            data = b""
+        offset += len(data)
+        pending += data
+        *lines, pending = pending.split(b"\n")  # a line still being written stays pending
+        for line in lines:
+            if not line.strip():
+                continue
+            index += 1
+            if index <= after:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            last_sent = time.monotonic()
+            yield f"id: {index}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+        if not follow or (finished and not lines):
+            yield b"event: end\ndata: {}\n\n"
+            return
+        if await request.is_disconnected():
+            return
+        if time.monotonic() - last_sent > heartbeat:
+            last_sent = time.monotonic()
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(poll)
+
+
+@runs.get(
+    "/{run_id}/events",
+    summary="A run's progress events as server-sent events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "one `data:` JSON event per line of events.jsonl"}},
+)
+async def run_events(
+    request: Request,
+    run_id: RunId,
+    after: Annotated[int, Query(ge=0, description="skip this many events (or send Last-Event-ID)")] = 0,
+    follow: Annotated[bool, Query(description="keep the stream open until the run ends")] = True,
+):
+    _status_or_404(run_id)
+    last_id = request.headers.get("last-event-id", "")
+    if last_id.isdigit():
+        after = max(after, int(last_id))
+    return StreamingResponse(_tail_events(request, run_id, after, follow), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+@runs.post("/{run_id}/cancel", status_code=202, summary="Ask a run to stop (it keeps its best bundle so far)")
+async def cancel_run(run_id: RunId) -> dict:
+    from agent import runs as agent_runs
+
+    status = _status_or_404(run_id)
+    if status.status in TERMINAL:
+        raise ApiError(409, f"run {run_id} already ended ({status.status})", code="run_ended")
+    await anyio.to_thread.run_sync(agent_runs.cancel_run, run_id)
+    return {"run_id": run_id, "status": status.status, "cancel_requested": True}
+
+
+@runs.get("/{run_id}/bundle", summary="A run's best bundle", responses={200: {"content": {"application/json": {}, "text/markdown": {}}}})
+async def run_bundle(run_id: RunId, format: Format = "json") -> Response:
+    status = _status_or_404(run_id)
+    path = FilePath(status.best_bundle) if status.best_bundle else _registry().run_dir(run_id) / "best_bundle.json"
+    if not path.is_file():
+        raise ApiError(404, f"run {run_id} has no best bundle yet (status: {status.status})", code="bundle_not_found")
+    return _bundle_response(path, format)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundles
+
+
+bundles = APIRouter(prefix="/bundles", tags=["bundles"])
+
+
+@bundles.get("", summary="Every bundle: each run's exports and foster_home()/bundles")
+async def list_bundles(run_id: Annotated[str | None, Query(max_length=200)] = None) -> dict:
+    entries = await anyio.to_thread.run_sync(catalog().entries)
+    if run_id is not None:
+        entries = [e for e in entries if e.run_id == run_id]
+    return {"object": "list", "data": [e.summary() for e in entries]}
+
+
+@bundles.get("/{bundle_id}", summary="One bundle by id", responses={200: {"content": {"application/json": {}, "text/markdown": {}}}})
+async def get_bundle(bundle_id: BundleId, format: Format = "json") -> Response:
+    entry = catalog().find(bundle_id)
+    if entry is None:
+        raise ApiError(404, f"no bundle {bundle_id!r} (see GET /v1/bundles)", code="bundle_not_found", param="bundle_id")
+    return _bundle_response(entry.path, format)
+
+
+@bundles.post("", status_code=201, summary="Publish a bundle (saved to foster_home()/bundles/<id>.json)")
+async def publish_bundle(bundle: Bundle) -> dict:
+    """The body is a bundle document (as Bundle.save writes it); it is validated, refused if it
+    carries a key or an endpoint, and becomes servable under its id."""
+    try:
+        path = await anyio.to_thread.run_sync(lambda: bundle.save(bundles_dir() / bundle.id))
+    except ValueError as exc:  # e.g. a key assigned after validation
+        raise ApiError(422, f"invalid request: {exc}", code="invalid_body") from exc
+    return {"id": bundle.id, "path": str(path)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments
+
+
+deployments = APIRouter(prefix="/deployments", tags=["deployments"])
+
+
+def _check_model(model: str, field: str) -> None:
+    from agent.gateway import UnknownModelError, check_model
+
+    try:
+        check_model(model)
+    except UnknownModelError as exc:
+        raise ApiError(422, f"invalid request: {field}: {exc}", code="invalid_body", param=field) from exc
+
+
+@deployments.post("", status_code=201, summary="Serve a bundle under a name, optionally shadowed by the teacher")
+async def put_deployment(deployment: Deployment) -> dict:
+    if catalog().find(deployment.bundle_id) is None:
+        raise ApiError(422, f"invalid request: bundle_id: no bundle {deployment.bundle_id!r} (see GET /v1/bundles)",
+                       code="invalid_body", param="bundle_id")
+    if deployment.target:
+        await anyio.to_thread.run_sync(_check_model, deployment.target, "target")
+    if deployment.shadow:
+        await anyio.to_thread.run_sync(_check_model, deployment.shadow.teacher, "shadow.teacher")
+    saved = deployment_store().put(deployment.model_copy(update={"created_at": None}))
+    return saved.model_dump()
+
+
+@deployments.get("", summary="Every deployment")
+async def list_deployments() -> dict:
+    return {"object": "list", "data": [d.model_dump() for d in deployment_store().all()]}
+
+
+def _deployment_or_404(name: str) -> Deployment:
+    found = deployment_store().get(name)
+    if found is None:
+        raise ApiError(404, f"no deployment {name!r} (see GET /v1/deployments)", code="deployment_not_found", param="name")
+    return found
+
+
+@deployments.get("/{name:path}/divergences", summary="Where the shadowed teacher and the served bundle disagreed")
+async def deployment_divergences(name: DeploymentName, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+    _deployment_or_404(name)
+    rows = await anyio.to_thread.run_sync(lambda: divergences(name, limit))
+    return {"object": "list", "data": rows}
+
+
+@deployments.get("/{name:path}", summary="One deployment")
+async def get_deployment(name: DeploymentName) -> dict:
+    return _deployment_or_404(name).model_dump()
+
+
+@deployments.delete("/{name:path}", status_code=204, summary="Stop serving a deployment")
+async def delete_deployment(name: DeploymentName) -> Response:
+    if not deployment_store().delete(name):
+        raise ApiError(404, f"no deployment {name!r}", code="deployment_not_found", param="name")
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+
+def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
+    """The service: /v1 (runs, bundles, deployments, OpenAI-compatible serving) and /ui (Gradio).
+
+    `api_token` overrides FOSTER_API_TOKEN (read on every request when not given).
+    """
+    app = FastAPI(
+        title="foster",
+        version="0.1.0",
+        description="Runs, bundles and deployments of foster, and an OpenAI-compatible endpoint that serves a "
+        "bundle under the retired fine-tune's name.",
+    )
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_token_checker(api_token))])
+    v1.include_router(runs)
+    v1.include_router(bundles)
+    v1.include_router(deployments)
+    v1.include_router(openai_api.router, tags=["openai"])
+    app.include_router(v1)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    if ui:
+        import gradio as gr
+
+        from ui.gradio_app import create_ui, mount_options
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            return RedirectResponse("/ui/")
+
+        gr.mount_gradio_app(app, create_ui(), path="/ui", **mount_options())
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, *, ui: bool = True, log_level: str = "info") -> None:
+    """Run the service on uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(ui=ui), host=host, port=port, log_level=log_level)
+
+
+def add_serve_arguments(parser) -> None:
+    """`foster serve` options (an argparse parser or sub-parser)."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--no-ui", action="store_true", help="serve the API only, without the Gradio app at /ui")
+    parser.add_argument("--models", metavar="YAML", help="models file: endpoints and key variables per model name")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run_serve(args) -> int:
+    """Start `foster serve` from parsed arguments."""
+    if getattr(args, "models", None):
+        from agent.gateway import load_models_file
+
+        load_models_file(args.models)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):
+        print(f"warning: serving on {args.host} without {TOKEN_ENV}: anyone who reaches it can start runs")
+    serve(args.host, args.port, ui=not args.no_ui, log_level=args.log_level)
+    return 0
