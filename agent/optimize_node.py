@@ -33,7 +33,8 @@ def optimize(state: dict) -> dict:
 
                     with gateway.use_ledger(ctx.ledger):
                         res = run_optimizer(base, train, target, optimizer=c.optimizer, budget_calls=c.budget_calls,
-                                            reflection_lm=c.miner, seed=c.seed, completion=is_completion(target))
+                                            reflection_lm=c.miner, seed=c.seed, completion=is_completion(target),
+                                            max_tokens=c.max_new_tokens)
                     b = res.bundle
                     b.name = f"{c.optimizer}-{n}"
                     b.targets = [target]
@@ -42,7 +43,7 @@ def optimize(state: dict) -> dict:
                     variants[target].append({"name": f"{c.optimizer}", "path": str(path), "baseline": False,
                                              "calls_used": res.calls_used})
                     ctx.registry.append_event(ctx.run_id, "optimize", "progress",
-                                              f"{target}: {c.optimizer} used {res.calls_used} calls")
+                                              f"{target}: {c.optimizer} used {res.calls_used} calls", log=res.log)
                 except StopRun as e:
                     stop = str(e)
                     break
