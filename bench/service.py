@@ -5,7 +5,7 @@ target that answers at once, so what is measured is the service: HTTP, validatio
 deployment, rendering the bundle, the thread hop, the response. N requests at concurrency C go
 to the endpoint with httpx, and N direct `agent.gateway.complete()` calls with the same messages
 at the same concurrency run in this process; overhead = latency percentile (HTTP) minus latency
-percentile (direct). The server also reports its own share per request (Server-Timing: handler
+percentile (direct), the two sides alternating in rounds of 50. The server also reports its own share per request (Server-Timing: handler
 total minus the target call), which excludes the client and the socket. Goal: <= 5 ms at p50.
 """
 
@@ -28,6 +28,7 @@ from pathlib import Path
 N = 300
 CONCURRENCY = 8
 WARMUP = 30
+ROUND = 50
 GOAL_MS = 5.0
 FAKE = "bench-fake"
 ALIAS = "ft:gpt-4o-mini:bench:router:0001"
@@ -112,6 +113,15 @@ async def _http_latencies(base: str, n: int, concurrency: int) -> tuple[list[flo
     return latencies, server_overheads
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _direct_latencies(n: int, concurrency: int) -> list[float]:
     from agent.gateway import complete
 
@@ -163,14 +173,27 @@ def run(n: int = N, concurrency: int = CONCURRENCY, timeout_s: float = 240.0) ->
         for c in (1, concurrency):
             if time.monotonic() - started > timeout_s:
                 break
-            http, server_side = asyncio.run(_http_latencies(base, n, c))
-            direct = _direct_latencies(n, c)
+            # alternate rounds of each side, so both see the same share of whatever else the machine runs
+            http, server_side, direct = [], [], []
+            server_cpu = own_cpu = 0.0
+            for size in [ROUND] * (n // ROUND) + ([n % ROUND] if n % ROUND else []):
+                before = _cpu_seconds(server.pid)
+                h_lat, s_lat = asyncio.run(_http_latencies(base, size, c))
+                server_cpu += _cpu_seconds(server.pid) - before
+                before = time.process_time()
+                direct += _direct_latencies(size, c)
+                own_cpu += time.process_time() - before
+                http += h_lat
+                server_side += s_lat
             h, d, s = _percentiles(http), _percentiles(direct), _percentiles(server_side)
             results[f"concurrency_{c}"] = {
                 "http_ms": h,
                 "direct_ms": d,
                 "server_overhead_ms": s,
                 "overhead_ms": {"p50": round(h["p50"] - d["p50"], 3), "p99": round(h["p99"] - d["p99"], 3)},
+                # CPU per request does not depend on what else the machine runs: the server's whole
+                # process (HTTP, service, gateway, fake) against one direct gateway call
+                "cpu_ms_per_request": {"server": round(server_cpu / n * 1000, 3), "direct": round(own_cpu / n * 1000, 3)},
             }
     finally:
         server.terminate()
@@ -192,6 +215,7 @@ def run(n: int = N, concurrency: int = CONCURRENCY, timeout_s: float = 240.0) ->
         "overhead_p99_ms": main["overhead_ms"]["p99"],
         "goal_p50_ms": GOAL_MS,
         "meets_goal": main["overhead_ms"]["p50"] <= GOAL_MS,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     print(f"{'concurrency':<12}{'side':<18}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
@@ -200,6 +224,8 @@ def run(n: int = N, concurrency: int = CONCURRENCY, timeout_s: float = 240.0) ->
             p = r[side]
             print(f"{name.split('_')[1]:<12}{side[:-3]:<18}{p['p50']:>9.2f}{p['p90']:>9.2f}{p['p99']:>9.2f}")
         print(f"{'':<12}{'overhead':<18}{r['overhead_ms']['p50']:>9.2f}{'':>9}{r['overhead_ms']['p99']:>9.2f}")
+        cpu = r["cpu_ms_per_request"]
+        print(f"{'':<12}cpu ms/request: server {cpu['server']:.2f} (all of it), direct call {cpu['direct']:.2f}")
     print(f"overhead at concurrency {concurrency}: p50 {result['overhead_p50_ms']:.2f} ms, p99 {result['overhead_p99_ms']:.2f} ms "
           f"(goal p50 <= {GOAL_MS} ms) {'ok' if result['meets_goal'] else 'ABOVE GOAL'}")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -304,6 +304,27 @@ def test_shadow_traffic_stores_divergences(server, http, run, target):
     assert http.get("/v1/deployments/unknown/divergences").status_code == 404
 
 
+def test_retrieving_bundle_serves_the_nearest_examples(server, http, home, target):
+    """A pool bundle (k nearest examples by embedding) is rendered per input, as evaluation rendered it.
+    (After the shadow test, which already loaded the embedding model.)"""
+    import openai
+
+    from prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
+    from service_fixtures import PROBES
+
+    pool = Bundle(teacher=TEACHER, targets=[TARGET], system_prompt="Route the ticket.",
+                  examples=[Example(input=t, output=label) for t, label in PROBES],
+                  selection=ExampleSelection(kind="knn", k=2), output_contract=OutputContract(format="label", answers=["BILLING", "ACCOUNT", "SHIPPING", "OTHER"]))
+    assert http.post("/v1/bundles", content=pool.to_json(), headers={"content-type": "application/json"}).status_code == 201
+    _deploy(http, name="router-pool", bundle_id=pool.id)
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    for text in ("my parcel has not arrived", "I forgot my password"):
+        reply = client.chat.completions.create(model="router-pool", messages=[{"role": "user", "content": text}])
+        assert reply.choices[0].message.content == label_for(text)
+        sent = list(target.requests[-1].messages)
+        assert sent == pool.messages(text) and len(sent) == 1 + 2 * 2 + 1  # system, k pairs, input
+
+
 def test_openapi_has_no_5xx_under_schemathesis(server, run, target, monkeypatch):
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings

@@ -1,7 +1,8 @@
 """Bundles on disk, found wherever foster writes them: every run's exports and foster_home()/bundles.
 
 The service resolves a request's `model` to a bundle on every call, so lookups are cached by file
-(path, mtime, size) and a directory is re-listed only when an id is not found or a file changed.
+(path, mtime, size), a file is re-checked at most once per FRESH_S seconds, and the directories are
+re-listed only when an id is not found or a file changed.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from store.paths import foster_home
+
+FRESH_S = 1.0  # how stale a cached file check may be (a stat costs more than the rest of a lookup)
 
 # A run id or bundle id as it may appear in a URL: no path separators, no "..".
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$"
@@ -83,6 +87,8 @@ class BundleCatalog:
         self._headers: dict[Path, tuple[tuple[int, int], BundleEntry | None]] = {}
         self._by_id: dict[str, BundleEntry] = {}
         self._loaded: dict[Path, tuple[tuple[int, int], Any]] = {}
+        self._checked: dict[Path, float] = {}  # when a file's cache entry was last confirmed on disk
+        self._listed_at = -FRESH_S  # when the directories were last listed (bounds re-listing on misses)
 
     @property
     def home(self) -> Path:
@@ -149,19 +155,32 @@ class BundleCatalog:
                 if entry.id not in by_id or _rank(entry) > _rank(by_id[entry.id]):
                     by_id[entry.id] = entry
             self._by_id = by_id
+            self._listed_at = time.monotonic()
             return sorted(seen, key=lambda e: e.mtime, reverse=True)
+
+    def invalidate(self) -> None:
+        """Forget when the directories were listed (after this process wrote a bundle)."""
+        self._listed_at = -FRESH_S
+
+    def _fresh(self, path: Path) -> bool:
+        return time.monotonic() - self._checked.get(path, -FRESH_S) < FRESH_S
 
     def find(self, bundle_id: str) -> BundleEntry | None:
         """The file that answers for `bundle_id`, re-listing the directories only on a miss."""
         with self._lock:
             entry = self._by_id.get(bundle_id)
         if entry is not None:
+            if self._fresh(entry.path):
+                return entry
             try:
                 stat = entry.path.stat()
                 if self._headers.get(entry.path, ((0, 0),))[0] == (stat.st_mtime_ns, stat.st_size):
+                    self._checked[entry.path] = time.monotonic()
                     return entry
             except OSError:
                 pass
+        elif time.monotonic() - self._listed_at < FRESH_S:
+            return None  # an unknown id: listed moments ago, do not walk every run again
         self.entries()
         with self._lock:
             return self._by_id.get(bundle_id)
@@ -174,15 +193,19 @@ class BundleCatalog:
     def load_path(self, path: Path):
         from prompts.bundle import Bundle
 
-        stat = path.stat()
-        key = (stat.st_mtime_ns, stat.st_size)
         with self._lock:
             cached = self._loaded.get(path)
+        if cached and self._fresh(path):
+            return cached[1]
+        stat = path.stat()
+        key = (stat.st_mtime_ns, stat.st_size)
         if cached and cached[0] == key:
+            self._checked[path] = time.monotonic()
             return cached[1]
         bundle = Bundle.load(path)
         with self._lock:
             self._loaded[path] = (key, bundle)
+        self._checked[path] = time.monotonic()
         return bundle
 
     def run_bundles(self, run_id: str) -> list[BundleEntry]:

@@ -64,17 +64,25 @@ class DeploymentStore:
         self._path = path
         self._lock = threading.Lock()
         self._cache: tuple[tuple[int, int], dict[str, Deployment]] | None = None
+        self._checked = -1.0
 
     @property
     def path(self) -> Path:
         return self._path or deployments_path()
 
     def _read(self) -> dict[str, Deployment]:
+        from ui.catalog import FRESH_S
+
+        # writes through this store are seen at once; edits by another process within FRESH_S
+        if self._cache and time.monotonic() - self._checked < FRESH_S:
+            return self._cache[1]
         try:
             stat = self.path.stat()
         except FileNotFoundError:
+            self._cache, self._checked = ((0, 0), {}), time.monotonic()
             return {}
         key = (stat.st_mtime_ns, stat.st_size)
+        self._checked = time.monotonic()
         if self._cache and self._cache[0] == key:
             return self._cache[1]
         raw = json.loads(self.path.read_text(encoding="utf-8") or "{}")
@@ -127,6 +135,21 @@ def deployment_store() -> DeploymentStore:
         if path not in _STORES:
             _STORES[path] = DeploymentStore(path)
         return _STORES[path]
+
+
+def warm_up(bundle) -> None:
+    """Embed a retrieving bundle's example pool in the background, so its first request does not
+    wait for the embedding model to load (seconds on a small machine)."""
+    if bundle.selection.kind != "knn" or not bundle.examples:
+        return
+
+    def work() -> None:
+        try:
+            bundle.select_examples("warm-up")
+        except Exception:  # the request will raise the same error where a client sees it
+            log.exception("warming up bundle %s failed", bundle.id)
+
+    threading.Thread(target=work, name=f"foster-warm-{bundle.id}", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,6 +146,13 @@ def _finalize(served: Served, text: str) -> str:
 # Calling the target
 
 
+async def render_async(served: Served, user_input: str, stops: list[str]) -> dict:
+    """render(), off the event loop when the bundle retrieves its examples (that embeds the input)."""
+    if served.bundle.selection.kind == "knn" and served.bundle.examples:
+        return await anyio.to_thread.run_sync(render, served, user_input, stops)
+    return render(served, user_input, stops)
+
+
 def render(served: Served, user_input: str, stops: list[str]) -> dict:
     """The request the bundle makes for this target (agent.target: the path evaluation used)."""
     from agent.target import render_request
@@ -302,7 +309,7 @@ async def chat_completions(body: ChatCompletionRequest):
     total_start = time.perf_counter()
     served = resolve(body.model)
     user_input = _input_of(body.messages)
-    request = render(served, user_input, body.stops())
+    request = await render_async(served, user_input, body.stops())
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = _params(body, max_tokens)
     completion_id = "chatcmpl-" + uuid.uuid4().hex
@@ -396,7 +403,7 @@ async def completions(body: CompletionRequest):
         return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
 
     if body.stream and body.n == 1 and len(inputs) == 1 and served.bundle.output_contract.format != "label":
-        request = render(served, inputs[0], body.stops())
+        request = await render_async(served, inputs[0], body.stops())
         first, texts = await _open_stream(served, request, params)
 
         async def streamed() -> AsyncIterator[bytes]:
@@ -423,7 +430,8 @@ async def completions(body: CompletionRequest):
     prompt_tokens = completion_tokens = 0
     target_s = 0.0
     for i, user_input in enumerate(inputs):
-        result, seconds = await _complete(served, render(served, user_input, body.stops()), params, body.n)
+        request = await render_async(served, user_input, body.stops())
+        result, seconds = await _complete(served, request, params, body.n)
         texts = [_finalize(served, t) for t in result.texts]
         _shadow(served, user_input, texts[0], params["max_tokens"])
         prefix = user_input if body.echo else ""

@@ -13,6 +13,7 @@ on their own server. When FOSTER_API_TOKEN is set every /v1 route wants `Authori
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -30,7 +31,7 @@ from agent.config import RunConfig
 from prompts.bundle import Bundle
 from ui import openai_api
 from ui.catalog import SAFE_ID, bundles_dir, catalog
-from ui.deployments import NAME_PATTERN, Deployment, deployment_store, divergences
+from ui.deployments import NAME_PATTERN, Deployment, deployment_store, divergences, warm_up
 from ui.errors import ApiError, install_error_handlers
 
 TOKEN_ENV = "FOSTER_API_TOKEN"
@@ -262,6 +263,7 @@ async def publish_bundle(bundle: Bundle) -> dict:
         path = await anyio.to_thread.run_sync(lambda: bundle.save(bundles_dir() / bundle.id))
     except ValueError as exc:  # e.g. a key assigned after validation
         raise ApiError(422, f"invalid request: {exc}", code="invalid_body") from exc
+    catalog().invalidate()
     return {"id": bundle.id, "path": str(path)}
 
 
@@ -291,6 +293,9 @@ async def put_deployment(deployment: Deployment) -> dict:
     if deployment.shadow:
         await anyio.to_thread.run_sync(_check_model, deployment.shadow.teacher, "shadow.teacher")
     saved = deployment_store().put(deployment.model_copy(update={"created_at": None}))
+    bundle = catalog().load(saved.bundle_id)
+    if bundle is not None:
+        warm_up(bundle)
     return saved.model_dump()
 
 
@@ -329,12 +334,30 @@ async def delete_deployment(name: DeploymentName) -> Response:
 # The app
 
 
+def _warm_deployments() -> None:
+    for deployment in deployment_store().all():
+        try:
+            bundle = catalog().load(deployment.bundle_id)
+        except Exception:  # a broken bundle file answers 404/500 on request, not at start-up
+            continue
+        if bundle is not None:
+            warm_up(bundle)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    await anyio.to_thread.run_sync(_warm_deployments)
+    yield
+
+
 def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
     """The service: /v1 (runs, bundles, deployments, OpenAI-compatible serving) and /ui (Gradio).
 
-    `api_token` overrides FOSTER_API_TOKEN (read on every request when not given).
+    `api_token` overrides FOSTER_API_TOKEN (read on every request when not given). With a token,
+    the Gradio app asks for it as its password (any user name).
     """
     app = FastAPI(
+        lifespan=_lifespan,
         title="foster",
         version="0.1.0",
         description="Runs, bundles and deployments of foster, and an OpenAI-compatible endpoint that serves a "
@@ -342,10 +365,10 @@ def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(_token_checker(api_token))])
+    v1.include_router(openai_api.router, tags=["openai"])  # first: routes are matched in order, serving is hot
     v1.include_router(runs)
     v1.include_router(bundles)
     v1.include_router(deployments)
-    v1.include_router(openai_api.router, tags=["openai"])
     app.include_router(v1)
 
     @app.get("/healthz", include_in_schema=False)
@@ -361,7 +384,10 @@ def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
         async def root() -> RedirectResponse:
             return RedirectResponse("/ui/")
 
-        gr.mount_gradio_app(app, create_ui(), path="/ui", **mount_options())
+        token = api_token if api_token is not None else os.environ.get(TOKEN_ENV)
+        auth = (lambda _user, password: secrets.compare_digest(password.encode(), token.encode())) if token else None
+        gr.mount_gradio_app(app, create_ui(), path="/ui", auth=auth, auth_message=f"Password: the server's {TOKEN_ENV}.",
+                            **mount_options())
     return app
 
 
