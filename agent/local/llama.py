@@ -151,11 +151,32 @@ class LlamaBackend(Backend):
             seed=request.seed,
         )
 
+    def _prime(self, tokens: list[int]) -> None:
+        """Evaluate all but the last prompt token now, reusing whatever prefix is already in the KV.
+
+        llama.cpp then always evaluates the last prompt token alone, whether the prompt was new or
+        cached. Otherwise the first sample of a fresh prompt (last token inside a batch) and later
+        ones (last token re-evaluated alone) get slightly different logits, and the same seed gives
+        different samples depending on what ran before.
+        """
+        llm, prefix = self.llm, tokens[:-1]
+        if not prefix:
+            return
+        common = 0
+        for cached, wanted in zip(llm._input_ids.tolist(), prefix):
+            if cached != wanted:
+                break
+            common += 1
+        if common < len(prefix):
+            llm.n_tokens = common  # eval() drops the KV from here on
+            llm.eval(prefix[common:])
+
     # -- Backend ----------------------------------------------------------------------------
 
     def generate(self, request: LocalRequest) -> Generation:
         with self.lock:
             tokens, stop, chat = self.render(request)
+            self._prime(tokens)
             out = self.llm.create_completion(prompt=tokens, **self._sampling(request, stop))
         choice, usage = out["choices"][0], out["usage"]
         text = choice["text"].strip() if chat else choice["text"]
@@ -169,6 +190,7 @@ class LlamaBackend(Backend):
     def stream(self, request: LocalRequest) -> Iterator[Generation]:
         with self.lock:  # held while the caller consumes the stream
             tokens, stop, chat = self.render(request)
+            self._prime(tokens)
             produced: list[str] = []
             finish = "stop"
             leading = chat
