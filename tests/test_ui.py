@@ -90,9 +90,33 @@ def test_gradio_client_drives_the_app(server, run, fakes, tmp_path):
     diff = client.predict(str(run["zero_path"]), str(run["best_path"]), api_name="/diff_bundles")
     assert "diff_add" in diff and "label&nbsp;only" in diff  # difflib keeps spaces as &nbsp;
 
-    bars = client.predict(RUN_ID, api_name="/calibration")
+    bars, legend = client.predict(RUN_ID, api_name="/calibration")
+    assert "BILLING" in legend and "SHIPPING" in legend
     sources = {row["source"] if isinstance(row, dict) else row[0] for row in bars["value"]["data"]}
     assert {"teacher", "gepa-t0 (sampled)", "zero-shot (greedy)"} <= sources
+
+
+def test_gradio_client_starts_runs_and_lists_divergences(server, run, monkeypatch):
+    from gradio_client import Client
+
+    from agent import runs as agent_runs
+    from ui import deployments
+
+    started = []
+    monkeypatch.setattr(agent_runs, "start_run", lambda config, background=False: started.append(config) or "ui-run")
+    monkeypatch.setattr(deployments, "divergences", lambda name, limit=100: [
+        {"ts": 0, "input": "do you sell gift cards", "teacher_output": "SHIPPING", "target_output": "OTHER",
+         "target": TARGET, "bundle_id": run["best"].id}] if name == "ft:router" else [])
+    client = Client(f"{server}/ui/", verbose=False, analytics_enabled=False)
+
+    message, _ = client.predict(TEACHER, f"{TARGET}, local/other", None, 0.85, 50, "route tickets", api_name="/start_run")
+    assert "ui-run" in message
+    assert started[0].targets == [TARGET, "local/other"] and started[0].threshold == 0.85 and started[0].max_probes == 50
+    refused, _ = client.predict("", "", None, 0.9, 120, "", api_name="/start_run")
+    assert refused.startswith("Not started") and len(started) == 1
+
+    rows = client.predict("ft:router", api_name="/divergences")
+    assert rows["data"][0][1:4] == ["do you sell gift cards", "SHIPPING", "OTHER"]
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install -y chromium)")

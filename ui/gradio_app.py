@@ -96,6 +96,7 @@ def create_ui():
                             "each variant's (sampled where evaluation sampled it, else its greedy answers).")
                 calibration = gr.BarPlot(x="source", y="p", color="answer", y_title="share of answers", x_title="",
                                          label="Teacher vs target answer distributions", height=420)
+                calibration_legend = gr.HTML()
                 gr.Markdown("### Divergence clusters")
                 cluster_map = gr.HTML()
 
@@ -139,7 +140,8 @@ def create_ui():
                 gr.Dropdown(choices=choices, value=run_all),
                 gr.Dropdown(choices=choices, value=run_grid),
                 gr.Dropdown(choices=choices, value=run_grid),
-                gr.Dropdown(choices=choices, value=run_grid),
+                # the map embeds every probe: computed when its tab is opened, not on every page load
+                gr.Dropdown(choices=choices, value=run_grid if tab == "calibration" else None),
                 gr.Dropdown(choices=choices, value=run_grid),
                 gr.Dropdown(choices=bundles, value=bundles[0][1] if bundles else None),
                 gr.Dropdown(choices=deployments, value=deployments[0] if deployments else None),
@@ -147,6 +149,11 @@ def create_ui():
 
         demo.load(on_load, None, [tabs, timer, *run_selectors, dl_bundle, shadow_name], api_name=False)
         runs_tab.select(lambda: gr.Timer(active=True), None, timer, api_name=False)
+
+        def open_calibration(run_id):
+            return gr.Dropdown() if run_id else gr.Dropdown(value=views.latest_run(with_grid=True) or views.latest_run())
+
+        calibration_tab.select(open_calibration, cal_run, cal_run, api_name=False)
         for other in (compare_tab, diff_tab, calibration_tab, try_tab, download_tab, shadow_tab):
             other.select(lambda: gr.Timer(active=False), None, timer, api_name=False)
 
@@ -183,10 +190,11 @@ def create_ui():
         def calibration_view(run_id):
             frame = views.calibration_frame(run_id)
             order = list(dict.fromkeys(frame["source"])) if len(frame) else None  # the teacher's bar first
-            return gr.BarPlot(value=frame, sort=order)
+            colours = views.calibration_colours(frame)
+            return gr.BarPlot(value=frame, sort=order, color_map=colours), views.colour_legend(colours)
 
         # two events: the map embeds the probes (the first embedding load takes seconds), the bars do not
-        cal_run.change(calibration_view, cal_run, calibration, api_name="calibration")
+        cal_run.change(calibration_view, cal_run, [calibration, calibration_legend], api_name="calibration")
         cal_run.change(views.cluster_map_svg, cal_run, cluster_map, api_name="cluster_map")
 
         try_go.click(views.try_rows, [try_run, try_text], try_out, api_name="try_input")

@@ -381,6 +381,23 @@ def calibration_frame(run_id: str | None, max_answers: int = 8, max_columns: int
     return pd.DataFrame.from_records(records, columns=["source", "answer", "p"])
 
 
+def calibration_colours(frame) -> dict[str, str]:
+    """A fixed colour per answer (the teacher's most frequent first; "(other)" grey), for the plot and
+    its legend."""
+    answers = list(dict.fromkeys(frame["answer"])) if len(frame) else []
+    named = [a for a in answers if a != "(other)"]
+    colours = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(named)}
+    if "(other)" in answers:
+        colours["(other)"] = "#9ca3af"
+    return colours
+
+
+def colour_legend(colours: dict[str, str]) -> str:
+    return "<p style='font-size:13px'>" + "".join(
+        f"<span style='margin-right:14px'><span style='display:inline-block;width:11px;height:11px;"
+        f"background:{c};margin-right:4px'></span>{_esc(a)}</span>" for a, c in colours.items()) + "</p>"
+
+
 def _project(texts: list[str]):
     """2-D PCA of the probes' embeddings (the store's MiniLM; TF-IDF when it is unavailable)."""
     import numpy as np
