@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["bench.gateway"]
+BENCHMARKS = ["bench.gateway", "bench.service"]
 
 
 def main(argv: list[str] | None = None) -> int:
