@@ -37,6 +37,7 @@ class RunConfig(BaseModel):
     optimizer: str = Field(_env("FOSTER_OPTIMIZER", "gepa"))
     budget_calls: int = Field(60, description="target calls the optimizer may spend per target per round")
     knn_k: int = Field(6, description="examples retrieved per input for pool bundles")
+    lora_fallback: bool = Field(True, description="train a LoRA on the target when prompting plateaus below threshold")
     max_rounds: int = Field(2, description="re-probe rounds before the run stops improving")
     min_gain: float = Field(0.02, description="δ: a round that gains less than this is a plateau")
     holdout_fraction: float = Field(0.3)

@@ -26,6 +26,10 @@ def decide(state: dict) -> dict:
                                c.min_gain, state.get("stop_reason"))}
 
 
-def route(state: dict) -> Literal["probe", "bundle"]:
-    # The LoRA fallback is its own issue; until it lands a plateau ends with the best bundle and says so.
-    return "probe" if state.get("verdict") == "still improving" else "bundle"
+def route(state: dict) -> Literal["probe", "lora", "bundle"]:
+    v = state.get("verdict")
+    if v == "still improving":
+        return "probe"
+    if v == "plateau below threshold" and (state.get("config") or {}).get("lora_fallback", True):
+        return "lora"
+    return "bundle"

@@ -7,6 +7,7 @@ from agent.characterize import characterize
 from agent.decide import decide, route
 from agent.evaluate import evaluate
 from agent.export import bundle
+from agent.lora.node import lora
 from agent.mine import mine
 from agent.optimize_node import optimize
 from agent.probe import probe
@@ -21,6 +22,7 @@ def build_graph(checkpointer=None):
     g.add_node("optimize", optimize)
     g.add_node("evaluate", evaluate)
     g.add_node("decide", decide)
+    g.add_node("lora", lora)
     g.add_node("bundle", bundle)
 
     g.add_edge(START, "probe")
@@ -29,6 +31,7 @@ def build_graph(checkpointer=None):
     g.add_edge("mine", "optimize")
     g.add_edge("optimize", "evaluate")
     g.add_edge("evaluate", "decide")
-    g.add_conditional_edges("decide", route, ["probe", "bundle"])
+    g.add_conditional_edges("decide", route, ["probe", "lora", "bundle"])
+    g.add_edge("lora", "bundle")
     g.add_edge("bundle", END)
     return g.compile(checkpointer=checkpointer)

@@ -46,7 +46,8 @@ def test_verdict_still_improving():
 def test_verdict_plateau():
     assert verdict([0.5, 0.51], 0.9, 2, 3, 0.02) == "plateau below threshold"  # gain < δ
     assert verdict([0.5, 0.7], 0.9, 3, 3, 0.02) == "plateau below threshold"  # out of rounds
-    assert route({"verdict": "plateau below threshold"}) == "bundle"
+    assert route({"verdict": "plateau below threshold", "config": {}}) == "lora"
+    assert route({"verdict": "plateau below threshold", "config": {"lora_fallback": False}}) == "bundle"
 
 
 def test_verdict_stopped_by_cap():

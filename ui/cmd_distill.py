@@ -39,6 +39,8 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-calls", type=int, default=60, help="optimizer target calls per target per round")
     p.add_argument("--knn-k", type=int, default=6)
     p.add_argument("--max-rounds", type=int, default=2)
+    p.add_argument("--no-lora", dest="lora_fallback", action="store_false",
+                   help="end a plateau below threshold with the best bundle instead of training a LoRA")
     p.add_argument("--min-gain", type=float, default=0.02)
     p.add_argument("--max-probes", type=int, default=120)
     p.add_argument("--max-calls", type=int, help="cap on all model calls")
@@ -55,7 +57,7 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
 
 CONFIG_FIELDS = ("teacher", "teacher_records", "train_data", "targets", "inputs", "task", "hand_written", "threshold",
                  "temperatures", "samples", "generator", "synth_per_kind", "miner", "judge", "fidelity", "optimizer",
-                 "budget_calls", "knn_k", "max_rounds", "min_gain", "max_probes", "max_calls", "max_tokens",
+                 "budget_calls", "knn_k", "max_rounds", "lora_fallback", "min_gain", "max_probes", "max_calls", "max_tokens",
                  "max_cost", "seed", "run_id", "models_file", "endpoints")
 
 
@@ -220,10 +222,11 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--threshold", type=float)
     p.add_argument("--run-id")
+    p.add_argument("--lora", action="store_true", help="train the LoRA fallback when prompting plateaus (adds minutes)")
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    config = make_config(demo_config(threshold=args.threshold, run_id=args.run_id))
+    config = make_config(demo_config(threshold=args.threshold, run_id=args.run_id, lora_fallback=True if args.lora else None))
     code = _run_and_report(config, args.quiet)
     from store.runs import RunRegistry
 

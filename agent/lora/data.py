@@ -1,0 +1,255 @@
+"""Training rows, Trans-LoRA style: teacher answers on the train probes, discriminated synthetic inputs
+answered by the teacher, and general instructions the target writes and answers itself, mixed.
+
+A row is {"source", "input", "output", "request", "primary", "truncated"}: `request` is exactly what
+the adapter's bundle renders for the target (messages for chat targets, a prompt and stop strings for
+base ones), so training, evaluation and serving see one format. Every stage's output is written to
+the job directory first, so a resumed job asks no model twice.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from agent.context import RunContext, stable_seed
+
+REAL_KINDS = ("historical", "record", "corpus")
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+def task_row(bundle, target: str, text: str, output: str, source: str, primary: bool) -> dict:
+    from agent.target import render_request
+
+    return {"source": source, "input": text, "output": output.strip(), "primary": primary, "truncated": False,
+            "request": render_request(bundle, target, text)}
+
+
+def general_row(text: str, output: str, truncated: bool) -> dict:
+    # no system prompt: general use of the target, where the adapter must change nothing
+    return {"source": "general", "input": text, "output": output.strip(), "primary": False, "truncated": truncated,
+            "request": {"messages": [{"role": "user", "content": text}]}}
+
+
+def teacher_rows(bundle, target: str, probes: list[dict], teacher: dict[str, list[dict]], spec: dict,
+                 source: str = "teacher") -> list[dict]:
+    """The train probes only (never held-out). A probe the teacher is sure of gives one row (its greedy
+    answer); where its samples disagree (entropy > 0) every sample is kept, so the spread carries over."""
+    rows = []
+    for p in probes:
+        if p.get("split") == "heldout":
+            continue
+        obs = teacher.get(p["id"]) or []
+        if not obs:
+            continue
+        greedy = next((o for o in obs if o["t"] == 0), obs[0])
+        info = (spec.get("probes") or {}).get(p["id"]) or {}
+        entropy = info.get("entropy")
+        if entropy is None:  # synthetic inputs have no spec entry: measure the spread here
+            entropy = float(len({o["output"].strip() for o in obs}) > 1)
+        rows.append(task_row(bundle, target, p["text"], greedy["output"], source, primary=True))
+        if entropy > 0:
+            rows += [task_row(bundle, target, p["text"], o["output"], source, primary=False)
+                     for o in obs if o is not greedy]
+    return rows
+
+
+def mix(task: list[dict], general: list[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """Task rows plus general rows so that general rows are `fraction` of the whole (to the nearest row):
+    general rows are sampled without replacement, and repeated only when there are too few."""
+    if fraction <= 0 or not general:
+        out = list(task)
+    else:
+        need = general_needed(len(task), fraction)
+        rng = random.Random(seed)
+        pool: list[dict] = []
+        while len(pool) < need:
+            pool += rng.sample(general, len(general))
+        out = list(task) + pool[:need]
+    random.Random(seed + 1).shuffle(out)
+    return out
+
+
+def general_needed(n_task: int, fraction: float) -> int:
+    return round(fraction * n_task / (1 - fraction)) if fraction > 0 else 0
+
+
+def stats(rows: list[dict]) -> dict:
+    from collections import Counter
+
+    by = Counter(r["source"] for r in rows)
+    return {"rows": len(rows), "by_source": dict(by),
+            "general_fraction": round(by.get("general", 0) / max(1, len(rows)), 4)}
+
+
+# -- generation (through the run's capped complete) ------------------------------------------------
+
+def _clean(text: str) -> str | None:
+    for line in text.strip().splitlines():
+        line = re.sub(r"^(message|customer|input|question|request)\s*:\s*", "", line.strip(), flags=re.I)
+        line = line.strip().strip('"').strip()
+        if 8 <= len(line) <= 400:
+            return line
+    return None
+
+
+def _cached(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save(path: Path, data) -> None:
+    from store.runs import write_json_atomic
+
+    write_json_atomic(path, data)
+
+
+def synthetic_inputs(ctx: RunContext, job: Path, generator: str, real: list[str], n: int,
+                     progress=None) -> list[str]:
+    """`n` inputs written by the generator from pairs of real ones (cached in synthetic_candidates.json)."""
+    from prompts.templates import render
+
+    path = job / "synthetic_candidates.json"
+    have: list[str] = _cached(path) or []
+    if len(have) >= n or not real:
+        return have[:n] if real else []
+    rng = random.Random(stable_seed(ctx.config.seed, "lora-synth"))
+    task = ctx.config.task or "Messages sent to an assistant."
+    pairs = [(rng.choice(real), rng.choice(real)) for _ in range(n)]
+    for k in range(len(have), n):
+        a, b = pairs[k]
+        res = ctx.complete(generator, messages=[{"role": "user", "content": render(
+            "lora", "synthetic_input", task=task, seed=a, other=b)}], temperature=0.9, max_tokens=80,
+            seed=stable_seed(ctx.config.seed, "lora-synth", k))
+        have.append(_clean(res.texts[0]) or "")
+        if (k + 1) % 10 == 0 or k + 1 == n:
+            _save(path, have)
+        if progress:
+            progress(k + 1, n, "synthetic inputs")
+    return have
+
+
+def discriminate(ctx: RunContext, job: Path, real: list[str], candidates: list[str], avoid: list[str],
+                 threshold: float) -> tuple[list[str], dict]:
+    """Candidates the discriminator judges in-distribution, minus near-copies of any probe (held-out
+    probes included, so nothing the evaluation asks leaks into training)."""
+    from agent.lora.discriminator import judge
+    from agent.probe import dedupe
+
+    uniq = [c for c in dict.fromkeys(candidates) if c]
+    fresh = [p["text"] for p in dedupe([{"text": t} for t in uniq], [{"text": t} for t in avoid])]
+    judged = judge(real, fresh, threshold=threshold, seed=ctx.config.seed)
+    kept = [j.text for j in judged if j.kept]
+    info = {"candidates": len(candidates), "unique_new": len(fresh), "kept": len(kept), "threshold": threshold,
+            "method": "logistic regression on all-MiniLM-L6-v2 embeddings, real vs synthetic, out-of-fold"}
+    _save(job / "synthetic.json", {**info, "judged": [j.__dict__ for j in judged]})
+    return kept, info
+
+
+def teacher_answers(ctx: RunContext, texts: list[str], progress=None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The live teacher on every (temperature, sample) of the run's plan; stored as observations the
+    moment they return, and reused from the store after a crash."""
+    from store.vectors import observation_id
+
+    c = ctx.config
+    plan = c.sample_plan()
+    probes = [{"id": ctx.store.probe_id(ctx.run_id, t), "text": t, "kind": "lora-synthetic", "split": "train",
+               "round": 0, "gold": None} for t in texts]
+    if probes:
+        ctx.store.add_probes(ctx.run_id, probes)
+    answers: dict[str, list[dict]] = {}
+    total = len(probes) * len(plan)
+    for n, p in enumerate(probes):
+        have = {o["id"]: o for o in ctx.store.get_observations(probe_id=p["id"], model=c.teacher)}
+        obs = []
+        for t, i in plan:
+            oid = observation_id(p["id"], c.teacher, t, i)
+            if oid in have:
+                obs.append({"t": t, "i": i, "output": have[oid]["output"]})
+                continue
+            res = ctx.complete(c.teacher, messages=[{"role": "user", "content": p["text"]}], temperature=t,
+                               max_tokens=c.max_new_tokens, seed=stable_seed(c.seed, p["id"], t, i))
+            ctx.store.add_observation(p["id"], c.teacher, t, i, p["text"], res.texts[0], ctx.run_id)
+            obs.append({"t": t, "i": i, "output": res.texts[0]})
+        answers[p["id"]] = obs
+        if progress:
+            progress((n + 1) * len(plan), total, "teacher answers on synthetic inputs")
+    return probes, answers
+
+
+def _lines(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(\d+[.)]|[-*•])\s*", "", line)
+        if (c := _clean(line)) and c not in out:
+            out.append(c)
+    return out
+
+
+def general_data(ctx: RunContext, job: Path, writer: str, target: str, n: int, max_tokens: int,
+                 progress=None, per_call: int = 5) -> list[dict]:
+    """`n` general requests the writer (by default the target) writes on varied topics, each answered by
+    the target itself, greedily (cached in general.json)."""
+    from prompts.templates import render
+
+    path = job / "general.json"
+    have: list[dict] = _cached(path) or []
+    topics = [t.strip() for t in render("lora", "general_topics").splitlines() if t.strip()]
+    seen = {h["input"] for h in have}
+    k = len(have)
+    for attempt in range(2 * n + 10):
+        if len(have) >= n:
+            break
+        topic = topics[(k + attempt) % len(topics)]
+        q = ctx.complete(writer, messages=[{"role": "user", "content": render(
+            "lora", "general_instruction", topic=topic, n=per_call)}], temperature=0.9, max_tokens=24 * per_call,
+            seed=stable_seed(ctx.config.seed, "lora-general", k + attempt))
+        for text in _lines(q.texts[0])[:per_call]:
+            if len(have) >= n or text in seen:
+                continue
+            seen.add(text)
+            a = ctx.complete(target, messages=[{"role": "user", "content": text}], temperature=0.0,
+                             max_tokens=max_tokens, seed=stable_seed(ctx.config.seed, "lora-general-answer", text))
+            if not a.texts[0].strip():
+                continue
+            # a cut-off answer is trained without its end token, so the adapter never learns to stop early
+            have.append({"input": text, "output": a.texts[0], "truncated": a.completion_tokens >= max_tokens})
+            _save(path, have)
+            if progress:
+                progress(len(have), n, "general instructions")
+    return have
+
+
+def build(ctx: RunContext, state: dict, job: Path, bundle, target: str, options, progress=None) -> tuple[list[dict], dict]:
+    """Every training row of the job, mixed; writes data.jsonl and data.json (counts)."""
+    spec = state["spec"]
+    probes = state["probes"]
+    train = [p for p in probes if p["split"] == "train"]
+    rows = teacher_rows(bundle, target, train, state.get("teacher") or {}, spec)
+    info: dict = {"train_probes": len(train), "teacher_rows": len(rows),
+                  "uncertain_probes": sum(1 for p in train if (spec["probes"].get(p["id"]) or {}).get("entropy", 0) > 0)}
+    generator = options.generator or target
+    if ctx.config.path == "live" and options.synthetic > 0:
+        real = [p["text"] for p in train if p["kind"] in REAL_KINDS] or [p["text"] for p in train]
+        candidates = synthetic_inputs(ctx, job, generator, real, options.synthetic,
+                                      progress=lambda d, t, m: progress and progress("data", d, t, m))
+        kept, dinfo = discriminate(ctx, job, real, candidates, [p["text"] for p in probes], options.keep_threshold)
+        syn_probes, answers = teacher_answers(ctx, kept, progress=lambda d, t, m: progress and progress("data", d, t, m))
+        syn_rows = teacher_rows(bundle, target, syn_probes, answers, {}, source="synthetic")
+        rows += syn_rows
+        info["synthetic"] = {**dinfo, "rows": len(syn_rows)}
+    else:
+        info["synthetic"] = {"skipped": "the teacher is not live: nothing can answer new inputs"
+                             if ctx.config.path != "live" else "--synthetic 0"}
+    need = general_needed(len(rows), options.mix)
+    general = [general_row(g["input"], g["output"], g["truncated"]) for g in
+               general_data(ctx, job, generator, target, need, options.general_max_tokens,
+                            progress=lambda d, t, m: progress and progress("data", d, t, m))] if need else []
+    mixed = mix(rows, general, options.mix, seed=ctx.config.seed)
+    info.update(stats(mixed), general_unique=len(general), mix=options.mix)
+    with open(job / "data.jsonl", "w", encoding="utf-8") as f:
+        for r in mixed:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    _save(job / "data.json", info)
+    return mixed, info

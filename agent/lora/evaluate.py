@@ -1,0 +1,106 @@
+"""The adapter scored exactly like a bundle, and the general-capability regression check.
+
+The held-out score goes through agent.evaluate.evaluate_target with the adapter's bundle (the
+rendering the adapter was trained on) on the `local/<target>@<adapter dir>` model: the same greedy
+answers, normalisation, fidelity method, ceiling and calibration gap as every bundle in the report.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from agent import metrics
+from agent.context import RunContext, stable_seed
+
+
+class AdapterAnswerCache:
+    """agent.evaluate.AnswerCache's interface, keyed to one adapter's weights: a retrained adapter in the
+    same directory is never scored from the old one's answers."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = json.loads(path.read_text()) if path.exists() else {}
+        self.dirty = 0
+
+    def get(self, key: str):
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        self.data[key] = value
+        self.dirty += 1
+        if self.dirty >= 20:
+            self.flush()
+
+    def flush(self) -> None:
+        from store.runs import write_json_atomic
+
+        if self.dirty:
+            write_json_atomic(self.path, self.data)
+            self.dirty = 0
+
+
+def weights_hash(adapter_dir: str | Path | None, model: str) -> str:
+    h = hashlib.sha256(model.encode())
+    if adapter_dir:
+        for name in ("adapter_model.safetensors", "adapter.gguf"):
+            p = Path(adapter_dir) / name
+            if p.exists():
+                h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def forget_loaded(model: str) -> None:
+    """Drop a cached backend for this adapter model, so weights rewritten in place are reloaded."""
+    from agent.local import registry
+
+    name = registry.strip_provider(model)
+    if "@" not in name:
+        return
+    adapter = str(Path(name.split("@", 1)[1]).expanduser().resolve())
+    with registry._LOADED_LOCK:
+        for key in [k for k in registry._LOADED if k[1] == adapter]:
+            registry._LOADED.pop(key, None)
+
+
+def heldout(ctx: RunContext, job: Path, model: str, bundle_path: str, state: dict, adapter_dir: str | None) -> tuple[dict, list, dict]:
+    """(summary, grid columns, grid answers) for the adapter model on the run's held-out probes."""
+    from agent.evaluate import evaluate_target
+
+    cache = AdapterAnswerCache(job / f"answers-{weights_hash(adapter_dir, model)}.json")
+    summary, columns, answers = evaluate_target(ctx, cache, model, [{"name": "lora", "path": bundle_path}],
+                                                state["probes"], state["spec"])
+    cache.flush()
+    return summary, columns, answers
+
+
+def general_prompts() -> list[str]:
+    from prompts.templates import render
+
+    return [p.strip() for p in render("lora", "general_prompts").splitlines() if p.strip()]
+
+
+def general_capability(ctx: RunContext, target: str, model: str, max_tokens: int = 48) -> dict:
+    """Target + adapter against the plain target on fixed general prompts, greedy, as agreement with the
+    plain target's own answers (embedding cosine; exact match reported beside it)."""
+    prompts = general_prompts()
+    plain, adapted, sampled = [], [], []
+    for n, p in enumerate(prompts):
+        msgs = [{"role": "user", "content": p}]
+        seed = stable_seed(ctx.config.seed, "lora-general-check", n)
+        ask = lambda m, t=0.0: ctx.complete(m, messages=msgs, temperature=t, max_tokens=max_tokens,  # noqa: E731
+                                            seed=seed).texts[0].strip()
+        plain.append(ask(target))
+        adapted.append(ask(model))
+        sampled.append(ask(target, 0.7))
+        ctx.progress("lora", n + 1, len(prompts), "general-capability check")
+    sims = metrics.text_similarity(adapted, plain)
+    own = metrics.text_similarity(sampled, plain)
+    return {"agreement": round(metrics.mean(sims), 4),
+            "exact": round(metrics.mean(a == b for a, b in zip(adapted, plain)), 4),
+            # the scale to read it on: the plain target's own sample at T=0.7 against its greedy answer
+            "plain_sampled_agreement": round(metrics.mean(own), 4),
+            "n": len(prompts), "max_tokens": max_tokens,
+            "method": "embedding cosine (all-MiniLM-L6-v2) of target+adapter's greedy answer to the plain target's",
+            "rows": [{"prompt": p, "plain": b, "adapter": a, "plain_sampled": c, "similarity": round(s, 4)}
+                     for p, a, b, c, s in zip(prompts, adapted, plain, sampled, sims)]}

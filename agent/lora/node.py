@@ -1,0 +1,381 @@
+"""lora (node): when prompting plateaus below the threshold, distil the teacher into a LoRA adapter on the
+target, score it like a bundle, and make "bundle + adapter" the run's best artifact when it wins.
+
+`lora(state)` is the graph node; `run_lora(run_id)` runs the same steps for a finished run and writes
+its report. Local GGUF targets train in-process; remote targets get a validated fine-tuning JSONL
+(submitted through litellm when asked). Every stage writes to runs/<id>/lora/<target>/ first, so a
+killed job resumes: generated data is reused, teacher answers come from the store, training continues
+from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from agent.context import RunContext, StopRun, context, node_timer
+from agent.lora.job import LoraJob, LoraOptions, job_dir, read_job, write_job
+
+# Hugging Face ids of the embedded bases, written into adapter_config.json so a vLLM server (or PEFT)
+# knows which base the adapter belongs to.
+HF_BASES = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
+
+Listener = Callable[[str, int, int, str], None]
+
+
+def options_path(ctx: RunContext) -> Path:
+    return ctx.dir / "lora" / "options.json"
+
+
+def load_options(ctx: RunContext) -> LoraOptions:
+    p = options_path(ctx)
+    return LoraOptions.model_validate_json(p.read_text()) if p.exists() else LoraOptions()
+
+
+def choose_target(ctx: RunContext, state: dict, options: LoraOptions) -> str:
+    best = state.get("best") or {}
+    return options.target or best.get("base_target") or best.get("target") or ctx.config.targets[0]
+
+
+def adapter_model(target: str, adapter_dir: str | Path) -> str:
+    """The model string that serves the target with the adapter (the `local/` provider)."""
+    return f"{target.split('@')[0]}@{adapter_dir}"
+
+
+def base_weights(target: str, options: LoraOptions) -> Path:
+    """The weights training starts from: the target's GGUF (or --base-weights)."""
+    if options.base_weights:
+        return Path(options.base_weights)
+    from agent.local import registry
+
+    t = registry.parse(target)
+    if t.registered is not None:
+        raise ValueError(f"{target} is a registered backend without weights: give base_weights")
+    path = t.alias.locate() if t.alias else t.gguf
+    if path is None:
+        raise ValueError(f"weights for {target} are not installed")
+    return Path(path)
+
+
+def build_bundle(ctx: RunContext, state: dict, target: str, job: Path) -> str:
+    """The adapter's bundle: the task's system prompt and no examples. Training renders every task row
+    through it, evaluation scores through it, serving applies it."""
+    from prompts.bundle import Bundle, ExampleSelection, OutputContract
+    from prompts.templates import render
+
+    spec = state["spec"]
+    closed = spec["answer_kind"] == "closed"
+    task = ctx.config.task or ("Route the message." if closed else "Answer the message.")
+    b = Bundle(name="lora", teacher=ctx.config.teacher_id, targets=[target],
+               system_prompt=render("lora", "system", task=task).strip(), examples=[],
+               selection=ExampleSelection(kind="fixed"),
+               output_contract=OutputContract(format="label" if closed else "text", answers=list(spec["inventory"]),
+                                              description="one label from the inventory" if closed
+                                              else "free text in the teacher's style"))
+    b.provenance.run_id = ctx.run_id
+    b.provenance.notes = "apply with the LoRA adapter trained on this rendering (lora/<target>/adapter)"
+    return str(b.save(job / "bundle"))
+
+
+# -- the fallback --------------------------------------------------------------------------------------
+
+def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: Listener | None = None,
+                 show_bar: bool = False) -> dict:
+    """Data → training (or JSONL) → evaluation for one target; returns the report's "lora" section."""
+    from agent import gateway
+    from agent.lora import data
+
+    target = choose_target(ctx, state, options)
+    job = job_dir(ctx.dir, target)
+    job.mkdir(parents=True, exist_ok=True)
+    local = gateway.is_local(target)
+    status = read_job(job) or LoraJob(run_id=ctx.run_id, target=target)
+    status = write_job(job, status, kind="local" if local else "provider", status="running", phase="data",
+                       pid=os.getpid(), started_at=status.started_at or time.time(), error=None, finished_at=None)
+    secs: dict[str, float] = {}
+
+    def progress(phase: str, done: int, total: int, message: str) -> None:
+        ctx.progress("lora", done, total, f"{phase}: {message}")
+        if listener:
+            listener(phase, done, total, message)
+
+    t0 = time.time()
+    bundle_path = build_bundle(ctx, state, target, job)
+    from prompts.bundle import Bundle
+
+    bundle = Bundle.load(bundle_path)
+    rows, info = data.build(ctx, state, job, bundle, target, options, progress=progress)
+    secs["data"] = round(time.time() - t0, 1)
+    section: dict = {"target": target, "bundle": bundle_path, "data": info, "options": options.model_dump()}
+
+    if not local:
+        return {**section, **_provider_job(ctx, job, status, rows, target, options), "seconds": secs}
+
+    # -- train in-process
+    from agent.lora import train as trainer
+
+    base = base_weights(target, options)
+    alias = target.removeprefix("local/").split("@")[0]
+    cfg = trainer.TrainConfig(steps=options.steps, seconds=options.seconds, batch_size=options.batch_size,
+                              lr=options.lr, rank=options.rank, alpha=options.alpha,
+                              checkpoint_every=options.checkpoint_every, seed=ctx.config.seed, threads=options.threads,
+                              base_model_name=HF_BASES.get(alias))
+    status = write_job(job, status, phase="train", total=cfg.steps)
+    last = {"t": 0.0}
+
+    def on_step(s: dict) -> None:
+        nonlocal status
+        if time.time() - last["t"] >= 2 or s["step"] == s["total"]:
+            last["t"] = time.time()
+            status = write_job(job, status, step=s["step"], total=s["total"], seconds=round(s["seconds"], 1),
+                               loss=round(s["loss"], 4))
+            progress("train", s["step"], s["total"], f"loss {s['loss']:.3f}")
+
+    t0 = time.time()
+    result = trainer.train_lora(base, rows, job, cfg, on_step=on_step, quiet=not show_bar,
+                                should_stop=lambda: ctx.registry.cancel_requested(ctx.run_id))
+    secs["train_wall"] = round(time.time() - t0, 1)
+    training = {k: v for k, v in result.__dict__.items() if k != "history"}
+    training.update(batch_size=cfg.batch_size, rank=cfg.rank, alpha=cfg.alpha, lr=cfg.lr,
+                    target_modules=list(cfg.target_modules), rows=len(rows), base_weights=str(base))
+    section["training"] = training
+    status = write_job(job, status, step=result.step, seconds=result.seconds, loss=result.loss)
+    if result.status == "stopped":
+        write_job(job, status, status="stopped", message="stopped; `foster lora RUN_ID` resumes from the last checkpoint")
+        raise StopRun("cancelled")
+
+    # -- llama.cpp adapter for fast serving
+    adapter_dir = Path(result.adapter_dir)
+    section["adapter_dir"] = str(adapter_dir)
+    section["adapter_gguf"] = None
+    if base.suffix == ".gguf":
+        status = write_job(job, status, phase="convert")
+        from agent.lora.gguf import base_architecture, convert
+
+        try:
+            section["adapter_gguf"] = str(convert(adapter_dir, arch=base_architecture(base)))
+        except Exception as e:  # PEFT serving still works, only slower
+            section["adapter_gguf_error"] = f"{type(e).__name__}: {e}"
+    status = write_job(job, status, phase="evaluate", adapter_dir=str(adapter_dir))
+    t0 = time.time()
+    section.update(evaluate(ctx, state, job, target, adapter_model(target, adapter_dir), bundle_path, str(adapter_dir),
+                            progress))
+    secs["evaluate"] = round(time.time() - t0, 1)
+    section["seconds"] = secs
+    write_job(job, status, status="done", phase="", finished_at=time.time(),
+              message=f"held-out fidelity {section['fidelity']}, general agreement "
+                      f"{section['general_capability']['agreement']}")
+    return section
+
+
+def _provider_job(ctx: RunContext, job: Path, status: LoraJob, rows: list[dict], target: str,
+                  options: LoraOptions) -> dict:
+    """Remote targets: the fine-tuning JSONL, validated; submitted when asked."""
+    from agent.lora import openai_ft
+
+    path = openai_ft.write_jsonl(rows, job / "train.jsonl")
+    out = {"kind": "provider", "jsonl": str(path), "submitted": False}
+    if status.provider_job_id and status.status != "failed":  # submitted before: never twice
+        return {**out, "submitted": True, "provider_job_id": status.provider_job_id, "status": status.status}
+    if options.submit:
+        status = write_job(job, status, phase="submit")
+        r = openai_ft.submit(path, options.base_model or target, suffix=f"foster-{ctx.run_id}"[:40])
+        state = openai_ft.PROVIDER_STATES.get(str(r["status"]), "queued")
+        write_job(job, status, status=state, phase="", jsonl=str(path), provider_job_id=r["id"],
+                  provider_status=str(r["status"]), message="submitted; `foster lora RUN_ID --status` checks it")
+        out.update(submitted=True, provider_job_id=r["id"], status=state)
+    else:
+        write_job(job, status, status="done", phase="", jsonl=str(path), finished_at=time.time(),
+                  message="JSONL written and validated; `foster lora RUN_ID --submit` sends it to the provider")
+        out["status"] = "written"
+    return out
+
+
+def refresh_provider_job(run_id: str, target: str) -> LoraJob:
+    """Ask the provider how a submitted fine-tuning job is doing; job.json follows."""
+    from agent.lora import openai_ft
+    from store.runs import RunRegistry
+
+    run_dir = RunRegistry().run_dir(run_id)
+    job = job_dir(run_dir, target)
+    status = read_job(job)
+    if status is None or not status.provider_job_id:
+        raise ValueError(f"run {run_id} has no submitted fine-tuning job for {target}")
+    saved = run_dir / "lora" / "options.json"
+    options = LoraOptions.model_validate_json(saved.read_text()) if saved.exists() else LoraOptions()
+    r = openai_ft.retrieve(status.provider_job_id, options.base_model or target)
+    done = r["status"] in ("done", "failed")
+    return write_job(job, status, status=r["status"], provider_status=r["provider_status"],
+                     fine_tuned_model=r["fine_tuned_model"], finished_at=time.time() if done else None)
+
+
+def evaluate(ctx: RunContext, state: dict, job: Path, target: str, model: str, bundle_path: str,
+             adapter_dir: str | None, progress: Listener) -> dict:
+    """Held-out figures (like a bundle's) and the general-capability check for the adapter model."""
+    from agent.lora import evaluate as lev
+    from store.runs import write_json_atomic
+
+    lev.forget_loaded(model)
+    progress("evaluate", 0, 1, "held-out probes")
+    summary, columns, answers = lev.heldout(ctx, job, model, bundle_path, state, adapter_dir)
+    _merge_grid(ctx, columns, answers)
+    general = lev.general_capability(ctx, target, model)
+    write_json_atomic(job / "general_check.json", general)
+    best = summary["best"]
+    return {"model": model, "fidelity": best["fidelity"], "sampled_agreement": best.get("sampled_agreement"),
+            "calibration_gap": best.get("calibration_gap"), "ceiling": summary["ceiling"],
+            "fidelity_method": summary["fidelity_method"], "latency_s": best.get("latency_s"),
+            "nearest_copy": (summary.get("nearest_copy") or {}).get("fidelity"),
+            "divergence_clusters": summary.get("divergence_clusters"),
+            "general_capability": {k: v for k, v in general.items() if k != "rows"}}
+
+
+def _merge_grid(ctx: RunContext, columns: list[dict], answers: dict) -> None:
+    from store.runs import write_json_atomic
+
+    path = ctx.dir / "grid.json"
+    grid = json.loads(path.read_text()) if path.exists() else {"columns": [], "rows": []}
+    keys = {c["key"] for c in columns}
+    grid["columns"] = [c for c in grid["columns"] if c["key"] not in keys] + columns
+    for row in grid["rows"]:
+        row.setdefault("answers", {}).update(answers.get(row["probe_id"], {}))
+    write_json_atomic(path, grid)
+
+
+def outcome(ctx: RunContext, state: dict, section: dict) -> tuple[dict, dict, str | None]:
+    """(section with its comparisons, the run's best, verdict): "bundle + adapter" wins only by beating the best bundle."""
+    best = dict(state.get("best") or {})
+    verdict = state.get("verdict")
+    if "fidelity" not in section:
+        return section, best, verdict
+    bundle_f = best.get("fidelity")
+    same = (((state.get("evaluation") or {}).get("targets") or {}).get(section["target"]) or {}).get("best") or {}
+    ceiling = section.get("ceiling") or 0
+    section["best_bundle"] = {"target": best.get("target"), "variant": best.get("variant"), "fidelity": bundle_f}
+    section["best_bundle_same_target"] = same.get("fidelity")
+    section["fraction_of_ceiling"] = round(section["fidelity"] / ceiling, 4) if ceiling else None
+    section["beats_best_bundle"] = bundle_f is None or section["fidelity"] > bundle_f
+    section["meets_threshold"] = section["fidelity"] >= ctx.config.threshold
+    if section["beats_best_bundle"]:
+        from prompts.bundle import Bundle
+
+        best = {"target": section["model"], "variant": "lora", "path": section["bundle"],
+                "fidelity": section["fidelity"], "bundle_id": Bundle.load(section["bundle"]).id,
+                "adapter": section["adapter_dir"], "base_target": section["target"]}
+    if section["meets_threshold"] and section["beats_best_bundle"]:
+        verdict = "threshold met (bundle + adapter)"
+    return section, best, verdict
+
+
+def artifact(best: dict) -> dict:
+    if best.get("adapter"):
+        return {"kind": "bundle + adapter", "bundle": best["path"], "adapter": best["adapter"],
+                "model": best["target"], "fidelity": best["fidelity"]}
+    return {"kind": "bundle", "bundle": best.get("path"), "model": best.get("target"), "fidelity": best.get("fidelity")}
+
+
+def step(state: dict, listener: Listener | None = None, show_bar: bool = False) -> dict:
+    ctx = context(state)
+    ctx.registry.update(ctx.run_id, node="lora")
+    ctx.registry.append_event(ctx.run_id, "lora", "start", "LoRA fallback")
+    options = load_options(ctx)
+    stop = state.get("stop_reason")
+    with node_timer(state, "lora") as times:
+        try:
+            section = run_fallback(ctx, state, options, listener, show_bar)
+            section["status"] = section.get("status", "done")
+        except StopRun as e:
+            section, stop = {"status": "stopped", "error": str(e)}, str(e)
+        except Exception as e:  # the fallback failing must not lose the run's best bundle
+            ctx.registry.append_event(ctx.run_id, "lora", "error", traceback.format_exc(limit=4))
+            section = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            target = choose_target(ctx, state, options)
+            job = job_dir(ctx.dir, target)
+            if (job / "job.json").exists():
+                write_job(job, read_job(job), status="failed", error=section["error"], finished_at=time.time())
+        section, best, verdict = outcome(ctx, state, section)
+    evaluation = {**(state.get("evaluation") or {}), "lora": section, "best_artifact": artifact(best)}
+    ctx.registry.append_event(ctx.run_id, "lora", "end", f"LoRA {section['status']}: fidelity {section.get('fidelity')}",
+                              progress=1.0)
+    return {"evaluation": evaluation, "best": best, "verdict": verdict, "stop_reason": stop,
+            "usage": ctx.usage(), "node_seconds": times}
+
+
+def lora(state: dict) -> dict:
+    """Distil the teacher into a LoRA adapter on the target and score it like a bundle."""
+    return step(state)
+
+
+# -- a finished run ----------------------------------------------------------------------------------
+
+def run_state(run_id: str) -> dict:
+    """The graph state of a run, from its checkpoint."""
+    from agent.graph import build_graph
+    from store.checkpoints import checkpointer
+
+    graph = build_graph(checkpointer())
+    return dict(graph.get_state({"configurable": {"thread_id": run_id}}).values)
+
+
+def run_lora(run_id: str, options: LoraOptions | None = None, listener: Listener | None = None,
+             show_bar: bool = True) -> dict:
+    """The fallback on a finished run: train, evaluate, and record the result in its report and best artifact."""
+    from agent.config import InputError
+    from agent.context import drop_context
+    from store.runs import RunRegistry
+
+    reg = RunRegistry()
+    if not reg.exists(run_id):
+        raise InputError(f"no run {run_id} (see `foster runs`)")
+    state = run_state(run_id)
+    if not state.get("spec") or not state.get("evaluation"):
+        raise InputError(f"run {run_id} has not been evaluated yet (finish it with `foster resume {run_id}`)")
+    from store.runs import write_json_atomic
+
+    ctx = context(state)
+    if options is not None:
+        write_json_atomic(options_path(ctx), options.model_dump())
+    try:
+        update = step(state, listener, show_bar)
+        record(ctx, state, update)
+    finally:
+        drop_context(run_id)
+    return update["evaluation"]["lora"]
+
+
+def record(ctx: RunContext, state: dict, update: dict) -> None:
+    """What the bundle node would write after lora: report.json|md with the "lora" section, best_bundle
+    when the adapter won, and the run's status figures."""
+    from agent.lora.report import lora_markdown
+    from agent.report import markdown
+    from prompts.bundle import Bundle
+    from store.runs import write_json_atomic, write_text_atomic
+
+    report = ctx.registry.read_json(ctx.run_id, "report.json") or dict(state.get("evaluation") or {})
+    ev = update["evaluation"]
+    report.update({"lora": ev["lora"], "best_artifact": ev["best_artifact"], "usage": update["usage"],
+                   "verdict": update.get("verdict") or report.get("verdict")})
+    report.setdefault("node_seconds", {}).update({"lora": update["node_seconds"].get("lora")})
+    best = update["best"]
+    changes: dict = {}
+    if best.get("adapter"):
+        b = Bundle.load(best["path"])
+        b.targets = [best["target"]]
+        b.report = {k: report[k] for k in ("run_id", "teacher", "verdict", "threshold", "ceiling", "fidelity_method",
+                                            "answer_kind") if k in report}
+        b.report.update(target=best["target"], fidelity=best["fidelity"], adapter=best["adapter"],
+                        general_capability=ev["lora"]["general_capability"]["agreement"])
+        path = str(b.save(ctx.dir / "best_bundle"))
+        report["best_bundle"] = {**best, "path": path}
+        changes["best_bundle"] = path
+    write_json_atomic(ctx.dir / "report.json", report)
+    write_text_atomic(ctx.dir / "report.md", markdown({k: v for k, v in report.items() if k != "lora"})
+                      + lora_markdown(ev["lora"]))
+    status = ctx.registry.get(ctx.run_id)
+    figures = dict(status.figures or {})
+    if "fidelity" in ev["lora"]:
+        figures.setdefault(ev["lora"]["target"], {})["lora"] = ev["lora"]["fidelity"]
+    ctx.registry.update(ctx.run_id, verdict=report.get("verdict"), figures=figures, **changes)
