@@ -54,6 +54,20 @@ def _weights_without_extra_buffers() -> Iterator[None]:
             lib.llama_model_default_params = original
 
 
+def _bounded_cache(base):
+    """LlamaRAMCache counts only the KV state against its capacity, not the saved logits (tokens × vocab
+    floats: ~400 MB per state for Gemma's 262k vocabulary), so it grew until the OOM killer came. This one
+    counts both."""
+
+    class BoundedRAMCache(base):
+        @property
+        def cache_size(self):
+            return sum(st.llama_state_size + getattr(getattr(st, "scores", None), "nbytes", 0)
+                       for st in self.cache_state.values())
+
+    return BoundedRAMCache
+
+
 def _threads() -> int:
     # Half the cores: llama.cpp threads spin on barriers, so when anything else is busy (an
     # embedding, a LoRA step, a second model) one thread descheduled stalls all of them. On this
@@ -107,7 +121,7 @@ class LlamaBackend(Backend):
                 n_threads=_threads(),
                 verbose=False,
             )
-        self.llm.set_cache(LlamaRAMCache(capacity_bytes=_CACHE_BYTES))
+        self.llm.set_cache(_bounded_cache(LlamaRAMCache)(capacity_bytes=_CACHE_BYTES))
         template = self.llm.metadata.get("tokenizer.chat_template")
         self.chat = bool(template) if chat is None else chat
         self._formatter = None
