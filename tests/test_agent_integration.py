@@ -21,7 +21,7 @@ def test_end_to_end_on_the_real_local_model(tmp_path):
     run_id = start_run({"teacher": "local/smollm2-135m-instruct", "targets": ["local/smollm2-135m-instruct"],
                         "inputs": str(inputs), "task": "Route the support ticket.", "temperatures": [0.0, 1.0],
                         "samples": 1, "synth_per_kind": 1, "budget_calls": 8, "max_rounds": 1, "knn_k": 2,
-                        "max_new_tokens": 8})
+                        "max_new_tokens": 8, "lora_fallback": False})
     reg = RunRegistry()
     report = reg.read_json(run_id, "report.json")
     t = report["targets"]["local/smollm2-135m-instruct"]
