@@ -180,7 +180,7 @@ def run_foster(domain: Domain, settings: Settings, target: str) -> dict:
     config = {"teacher": domain.teacher, "targets": [target], "inputs": domain.inputs, "task": domain.task,
               "temperatures": list(settings.temperatures), "samples": settings.samples,
               "synth_per_kind": settings.synth_per_kind, "optimizer": "gepa", "budget_calls": settings.budget_calls,
-              "max_rounds": settings.max_rounds, "max_new_tokens": domain.max_new_tokens,
+              "max_rounds": settings.max_rounds, "lora_fallback": False, "max_new_tokens": domain.max_new_tokens,
               "holdout_fraction": settings.holdout_fraction, "threshold": settings.threshold, "seed": settings.seed,
               "run_id": f"bench-{domain.name}-{time.strftime('%Y%m%d-%H%M%S')}"}
     with measured(target) as m:
