@@ -571,6 +571,8 @@ def run(quick: bool | None = None, names: list[str] | None = None, target: str =
 
     for noisy in ("dspy", "optuna", "gepa", "LiteLLM", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # one traceback per unparsable answer; they are counted in parse_failures instead
+    logging.getLogger("dspy.utils.parallelizer").setLevel(logging.CRITICAL)
     chosen = domain_list or [d for n, d in domains().items() if not names or n in names]
     # A fresh data directory: the benchmark neither reads observations of earlier runs (that would
     # hide teacher calls) nor leaves runs in the user's list.

@@ -275,7 +275,7 @@ def test_lora_node_on_fakes(tiny_model, tmp_path, fake_model, monkeypatch):
 
     def target(req):
         text = fakes._last_user(req.messages_or_prompt)
-        if "Write one new, different message" in text:  # acting as the synthetic-input writer
+        if "Write one more message like these" in text:  # acting as the synthetic-input writer
             return random.Random(req.seed).choice(SYNTHETIC_LIKE + SYNTHETIC_OFF)
         if "short questions or requests" in text:  # acting as the general-instruction writer
             topic = text.split("assistant about ")[-1].split(".")[0]
@@ -367,3 +367,18 @@ def test_cli_lora_status(tmp_path, fake_model, capsys):
     assert json.loads(capsys.readouterr().out)["status"] == "done"
     assert main(["lora", "no-such-run"]) == 2
     assert main(["lora", "lora-cli", "--mix", "0.95"]) == 2
+
+
+def test_a_target_without_weights_fails_the_fallback_not_the_run(tmp_path, fake_model):
+    from agent.lora.job import LoraOptions, job_status
+    from agent.lora.node import lora
+
+    teacher, t_backend = fake_model(fakes.teacher, "fake-teacher")
+    tgt, g_backend = fake_model(fakes.target, "fake-target")
+    state = _fake_state(tmp_path, {"teacher": teacher, "targets": [tgt]}, "lora-noweights", LoraOptions())
+    update = lora(state)
+    lo = update["evaluation"]["lora"]
+    assert lo["status"] == "failed" and "base_weights" in lo["error"]
+    assert update["best"] == state["best"] and update["evaluation"]["best_artifact"]["kind"] == "bundle"
+    assert t_backend.calls == g_backend.calls == 0  # nothing was spent before the failure
+    assert job_status("lora-noweights").status == "failed"

@@ -86,11 +86,20 @@ def stats(rows: list[dict]) -> dict:
 
 # -- generation (through the run's capped complete) ------------------------------------------------
 
+# Lines a small generator writes around the text it was asked for: headers and preambles.
+_PREAMBLE = re.compile(r"^(here('s| is| are)|sure|certainly|of course|i'm sorry|i am sorry|as an? )|:$", re.I)
+
+
 def _clean(text: str) -> str | None:
-    for line in text.strip().splitlines():
-        line = re.sub(r"^(message|customer|input|question|request)\s*:\s*", "", line.strip(), flags=re.I)
+    """The first line of a generator's answer that is the asked-for text, not a header or a preamble."""
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    for k, line in enumerate(lines):
+        line = re.sub(r"^\s*([-*•]|\d+[.)])\s*", "", line)
+        line = re.sub(r"^(message( \d+)?|customer|input|question|request)\s*:\s*", "", line.strip(), flags=re.I)
         line = line.strip().strip('"').strip()
-        if 8 <= len(line) <= 400:
+        if line.endswith(",") and len(line) < 25 and k + 1 < len(lines):  # "Hi team," opens a letter
+            line = f"{line} {lines[k + 1].strip()}"
+        if 8 <= len(line) <= 400 and not _PREAMBLE.search(line):
             return line
     return None
 
@@ -107,7 +116,7 @@ def _save(path: Path, data) -> None:
 
 def synthetic_inputs(ctx: RunContext, job: Path, generator: str, real: list[str], n: int,
                      progress=None) -> list[str]:
-    """`n` inputs written by the generator from pairs of real ones (cached in synthetic_candidates.json)."""
+    """`n` inputs written by the generator, each shown three real ones (cached in synthetic_candidates.json)."""
     from prompts.templates import render
 
     path = job / "synthetic_candidates.json"
@@ -115,12 +124,10 @@ def synthetic_inputs(ctx: RunContext, job: Path, generator: str, real: list[str]
     if len(have) >= n or not real:
         return have[:n] if real else []
     rng = random.Random(stable_seed(ctx.config.seed, "lora-synth"))
-    task = ctx.config.task or "Messages sent to an assistant."
-    pairs = [(rng.choice(real), rng.choice(real)) for _ in range(n)]
+    shown = [rng.sample(real, min(3, len(real))) for _ in range(n)]
     for k in range(len(have), n):
-        a, b = pairs[k]
         res = ctx.complete(generator, messages=[{"role": "user", "content": render(
-            "lora", "synthetic_input", task=task, seed=a, other=b)}], temperature=0.9, max_tokens=80,
+            "lora", "synthetic_input", examples=shown[k])}], temperature=0.9, max_tokens=60,
             seed=stable_seed(ctx.config.seed, "lora-synth", k))
         have.append(_clean(res.texts[0]) or "")
         if (k + 1) % 10 == 0 or k + 1 == n:

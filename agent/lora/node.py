@@ -102,6 +102,7 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
         if listener:
             listener(phase, done, total, message)
 
+    base = base_weights(target, options) if local else None  # fail before spending any call
     t0 = time.time()
     bundle_path = build_bundle(ctx, state, target, job)
     from prompts.bundle import Bundle
@@ -117,7 +118,6 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
     # -- train in-process
     from agent.lora import train as trainer
 
-    base = base_weights(target, options)
     alias = target.removeprefix("local/").split("@")[0]
     cfg = trainer.TrainConfig(steps=options.steps, seconds=options.seconds, batch_size=options.batch_size,
                               lr=options.lr, rank=options.rank, alpha=options.alpha,
