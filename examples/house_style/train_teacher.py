@@ -24,6 +24,8 @@ import random
 import time
 from pathlib import Path
 
+from agent.lora.train import collate, forced_accuracy  # the shared training helpers
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -61,13 +63,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def load_base():
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from agent.lora.train import load_base as load
 
-    gguf = base_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    return model, tokenizer
+    return load(base_gguf())
 
 
 def messages(text: str) -> list[dict]:
@@ -79,36 +77,6 @@ def encode(tokenizer, text: str, summary: str) -> tuple[list[int], list[int]]:
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(summary + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
-
-
-def collate(batch, pad_id: int):
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        attention[row, : len(ids)] = 1
-    return input_ids, attention, labels
-
-
-def forced_accuracy(model, encoded, pad_id: int, batch_size: int = 16) -> float:
-    """Share of rows whose every answer token is the argmax under teacher forcing."""
-    import torch
-
-    correct = 0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            input_ids, attention, labels = collate(encoded[start : start + batch_size], pad_id)
-            pred = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].argmax(-1)
-            gold = labels[:, 1:]
-            correct += int(((pred == gold) | (gold == -100)).all(dim=1).sum())
-    model.train()
-    return correct / len(encoded)
 
 
 def train(max_minutes: float = 8.0, max_steps: int = 300, batch_size: int = 8, lr: float = 1e-3,
