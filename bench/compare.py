@@ -552,7 +552,8 @@ def markdown(result: dict) -> str:
         for arm in ("dspy-gepa", "dspy-mipro"):
             r = d["arms"].get(arm) or {}
             if r.get("error"):
-                out.append(f"- {arm} error: {r['error']}")
+                # the first line only: parse errors quote the whole LM response over many lines
+                out.append(f"- {arm} error: {r['error'].strip().splitlines()[0]}")
         out.append("")
     return "\n".join(out) + "\n"
 
