@@ -14,7 +14,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="step budget (default 240, or FOSTER_LORA_STEPS)")
     p.add_argument("--seconds", type=float, help="training time budget in seconds (default 420)")
     p.add_argument("--mix", type=float, help="share of general instruction rows, e.g. 0.4 (0.3-0.5 advised)")
-    p.add_argument("--synthetic", type=int, help="synthetic inputs the target writes before the discriminator (default 120)")
+    p.add_argument("--synthetic", type=int, help="synthetic inputs the target writes before the discriminator (default 240)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--rank", type=int)
