@@ -5,8 +5,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from agent import metrics
-from agent.context import context, node_timer
+from foster.agent import metrics
+from foster.agent.context import context, node_timer
 
 REFUSAL = re.compile(r"\b(i can(no|')t|i am unable|i'm unable|i won't|as an ai|i'm sorry|i apologi[sz]e)\b", re.I)
 HEDGE = re.compile(r"\b(maybe|perhaps|not sure|it depends|possibly|might be|i think)\b", re.I)
@@ -24,7 +24,7 @@ def answer_kind(outputs: list[str]) -> str:
 def cluster(texts: list[str], seed: int) -> list[int]:
     from sklearn.cluster import KMeans
 
-    from prompts.embedding import embed
+    from foster.prompts.embedding import embed
 
     if len(texts) < 4:
         return [0] * len(texts)
@@ -106,8 +106,8 @@ CASES = [c for c in SPEC["cases"]]
 
 
 def _answer(text):
-    from agent.gateway import complete
-    from prompts.bundle import Bundle
+    from foster.agent.gateway import complete
+    from foster.prompts.bundle import Bundle
 
     model = os.environ.get("FOSTER_ACCEPT_MODEL", SPEC["default_model"])
     bundle_path = os.environ.get("FOSTER_ACCEPT_BUNDLE")
@@ -119,7 +119,7 @@ def _answer(text):
 
 
 def test_agreement_with_teacher():
-    from agent.metrics import mean, normalize, text_similarity
+    from foster.agent.metrics import mean, normalize, text_similarity
 
     answers = [_answer(c["input"]) for c in CASES]
     if SPEC["answer_kind"] == "closed":
@@ -134,7 +134,7 @@ def test_agreement_with_teacher():
 
 def export_spec(run_dir: Path, spec: dict, probes: list[dict], threshold: float, default_model: str,
                 max_tokens: int) -> Path:
-    from store.runs import write_json_atomic, write_text_atomic
+    from foster.store.runs import write_json_atomic, write_text_atomic
 
     cases = [{"probe_id": p["id"], "input": p["text"], "teacher_mode": spec["probes"][p["id"]]["mode"],
               "teacher_dist": spec["probes"][p["id"]]["dist"]} for p in probes if p["split"] == "heldout"]

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from agent.config import RunConfig
+from foster.agent.config import RunConfig
 
 
 class StopRun(Exception):
@@ -16,7 +16,7 @@ class StopRun(Exception):
 
 def register_endpoints(config: RunConfig) -> None:
     """A self-hosted OpenAI-compatible server is a first-class teacher or target: its endpoint comes with it."""
-    from agent import gateway
+    from foster.agent import gateway
 
     for model, ep in config.endpoints.items():
         gateway.register_model_spec(gateway.ModelSpec(name=model, model=model, **ep))
@@ -24,8 +24,8 @@ def register_endpoints(config: RunConfig) -> None:
 
 class RunContext:
     def __init__(self, run_id: str, config: dict, prior_usage: dict | None = None):
-        from agent import gateway
-        from store.runs import RunRegistry
+        from foster.agent import gateway
+        from foster.store.runs import RunRegistry
 
         self.run_id = run_id
         self.config = RunConfig.model_validate(config)
@@ -41,7 +41,7 @@ class RunContext:
     @property
     def store(self):
         if self._store is None:
-            from store.vectors import VectorStore
+            from foster.store.vectors import VectorStore
 
             self._store = VectorStore()
         return self._store
@@ -75,7 +75,7 @@ class RunContext:
 
     def complete(self, model: str, **kw):
         """Every model call a node makes: caps checked first, usage on the run's ledger."""
-        from agent import gateway
+        from foster.agent import gateway
 
         self.check()
         with gateway.use_ledger(self.ledger):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agent.context import context
+from foster.agent.context import context
 
 
 def verdict(history: list[float], threshold: float, rnd: int, max_rounds: int, min_gain: float,

@@ -20,8 +20,8 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, Usage, response_to_events
 
-from agent.optimize import ANSWER, INPUT  # the one program shape: `input -> answer`
-from prompts.bundle import Bundle, Example
+from foster.agent.optimize import ANSWER, INPUT  # the one program shape: `input -> answer`
+from foster.prompts.bundle import Bundle, Example
 
 __all__ = [
     "ANSWER",
@@ -268,7 +268,7 @@ class GatewayEngine:
 
         text, prompt_tokens, completion_tokens = "", 0, 0
         if self.counter.take():
-            from agent import gateway
+            from foster.agent import gateway
 
             if self.completion:
                 call = dict(prompt="\n\n".join(m["content"] for m in messages))
@@ -301,7 +301,7 @@ def gateway_lm(
 ) -> dspy.LM:
     """A `dspy.LM` for `model` whose every call goes through the gateway, uncached and unretried
     (the gateway retries remote models itself), counted by `counter`."""
-    from agent.gateway import check_model
+    from foster.agent.gateway import check_model
 
     check_model(model)
     engine = GatewayEngine(model, completion=completion, counter=counter)

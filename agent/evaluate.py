@@ -7,9 +7,9 @@ import threading
 import time
 from collections import defaultdict
 
-from agent import metrics
-from agent.context import RunContext, StopRun, context, node_timer, stable_seed
-from agent.target import ask
+from foster.agent import metrics
+from foster.agent.context import RunContext, StopRun, context, node_timer, stable_seed
+from foster.agent.target import ask
 
 _cache_lock = threading.Lock()
 
@@ -26,7 +26,7 @@ class AnswerCache:
         return self.data.get(key)
 
     def put(self, key: str, value: dict) -> None:
-        from store.runs import write_json_atomic
+        from foster.store.runs import write_json_atomic
 
         with _cache_lock:
             self.data[key] = value
@@ -35,7 +35,7 @@ class AnswerCache:
                 self.flush()
 
     def flush(self) -> None:
-        from store.runs import write_json_atomic
+        from foster.store.runs import write_json_atomic
 
         if self.dirty:
             write_json_atomic(self.path, self.data)
@@ -53,7 +53,7 @@ def _score(ctx: RunContext, kind: str, inventory: list[str], answers: list[str],
     if method == "judge":
         if not c.judge:
             raise ValueError("--fidelity judge needs --judge MODEL")
-        from prompts.templates import render
+        from foster.prompts.templates import render
 
         scores = []
         for x, a, r in zip(inputs, answers, refs):
@@ -100,7 +100,7 @@ def _distribution_summary(kind, inventory, outs):
 
 
 def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, list[dict], dict]:
-    from prompts.bundle import Bundle
+    from foster.prompts.bundle import Bundle
 
     kind, inventory = spec["answer_kind"], list(spec["inventory"])
     held = [p for p in probes if p["split"] == "heldout"]
@@ -189,7 +189,7 @@ def build_report(ctx: RunContext, state: dict, per_target: dict, method: str) ->
 
 def evaluate(state: dict) -> dict:
     """Score every exported variant on every target on the held-out probes; write grid.json and report.json."""
-    from store.runs import write_json_atomic
+    from foster.store.runs import write_json_atomic
 
     ctx = context(state)
     ctx.registry.update(ctx.run_id, node="evaluate")

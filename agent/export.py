@@ -4,8 +4,8 @@ from __future__ import annotations
 import shutil
 import time
 
-from agent.context import context
-from agent.report import markdown
+from foster.agent.context import context
+from foster.agent.report import markdown
 
 
 def relabel_disagreements(state: dict) -> list[dict]:
@@ -14,7 +14,7 @@ def relabel_disagreements(state: dict) -> list[dict]:
     best = state.get("best") or {}
     key = f"{best.get('target')}::{best.get('variant')}"
     out = []
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     grid = RunRegistry().read_json(state["run_id"], "grid.json") or {"rows": []}
     for row in grid["rows"]:
@@ -26,8 +26,8 @@ def relabel_disagreements(state: dict) -> list[dict]:
 
 def bundle(state: dict) -> dict:
     """Write best_bundle.json|md (with the report inside) and report.json|md."""
-    from prompts.bundle import Bundle
-    from store.runs import write_json_atomic, write_text_atomic
+    from foster.prompts.bundle import Bundle
+    from foster.store.runs import write_json_atomic, write_text_atomic
 
     ctx = context(state)
     report = dict(state.get("evaluation") or {})

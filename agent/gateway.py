@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
-from agent.local.registry import UnknownModelError
-from agent.local.registry import local_models as _local_models
+from foster.agent.local.registry import UnknownModelError
+from foster.agent.local.registry import local_models as _local_models
 
 __all__ = [
     "Completion",
@@ -206,7 +206,7 @@ def _record(model: str, **usage) -> None:
 def _litellm():
     import litellm
 
-    from agent.local.provider import ensure_registered
+    from foster.agent.local.provider import ensure_registered
 
     litellm.suppress_debug_info = True  # no multi-line "Provider List" banners on our stdout
     ensure_registered()
@@ -224,7 +224,7 @@ def check_model(model: str) -> None:
     """
     spec = model_spec(model)
     if spec.model.startswith(LOCAL_PREFIX):
-        from agent.local import registry
+        from foster.agent.local import registry
 
         registry.check(spec.model)
         return
@@ -324,7 +324,7 @@ def count_tokens(model: str, text: str) -> int | None:
     spec = model_spec(model)
     if not spec.model.startswith(LOCAL_PREFIX):
         return None
-    from agent.local import registry
+    from foster.agent.local import registry
 
     return registry.resolve(spec.model).count_tokens(text)
 

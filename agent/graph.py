@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from langgraph.graph import END, START, StateGraph
 
-from agent.characterize import characterize
-from agent.decide import decide, route
-from agent.evaluate import evaluate
-from agent.export import bundle
-from agent.lora.node import lora
-from agent.mine import mine
-from agent.optimize_node import optimize
-from agent.probe import probe
-from agent.state import InputState, State
+from foster.agent.characterize import characterize
+from foster.agent.decide import decide, route
+from foster.agent.evaluate import evaluate
+from foster.agent.export import bundle
+from foster.agent.lora.node import lora
+from foster.agent.mine import mine
+from foster.agent.optimize_node import optimize
+from foster.agent.probe import probe
+from foster.agent.state import InputState, State
 
 
 def build_graph(checkpointer=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.config import InputError
+from foster.agent.config import InputError
 
 INPUT_KEYS = ("input", "prompt", "text", "question")
 OUTPUT_KEYS = ("output", "completion", "answer", "label", "response")

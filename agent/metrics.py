@@ -9,7 +9,7 @@ import numpy as np
 
 def normalize(text: str, answers: list[str] | None = None, kind: str = "label") -> str:
     """The same normalization serving and evaluation use (prompts' normalize_answer)."""
-    from prompts.bundle import OutputContract, normalize_answer
+    from foster.prompts.bundle import OutputContract, normalize_answer
 
     return normalize_answer(text or "", OutputContract(format="label" if kind == "closed" or kind == "label" else "text",
                                                       answers=answers or []))
@@ -56,7 +56,7 @@ def js_divergence(t: dict[str, float], s: dict[str, float]) -> float:
 
 
 def cosine_matrix(a: list[str], b: list[str]) -> np.ndarray:
-    from prompts.embedding import embed
+    from foster.prompts.embedding import embed
 
     return embed(a) @ embed(b).T
 
@@ -65,7 +65,7 @@ def text_similarity(a: list[str], b: list[str]) -> list[float]:
     """Pairwise embedding cosine of a[i] with b[i] (free-text fidelity)."""
     if not a:
         return []
-    from prompts.embedding import embed
+    from foster.prompts.embedding import embed
 
     ea, eb = embed(a), embed(b)
     return [float(max(0.0, x)) for x in (ea * eb).sum(axis=1)]

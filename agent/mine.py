@@ -7,7 +7,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from agent.context import RunContext, StopRun, context, node_timer
+from foster.agent.context import RunContext, StopRun, context, node_timer
 
 WORD = re.compile(r"[a-z][a-z']+")
 STOP = set("""a an the and or but to of in on for with is are was were be been it this that my me i you your we
@@ -79,7 +79,7 @@ def choose_fixed_examples(train: list[dict], spec: dict, max_n: int = 12) -> lis
 
 
 def miner_rules(ctx: RunContext, examples: list[dict]) -> str:
-    from prompts.templates import render
+    from foster.prompts.templates import render
 
     prompt = render("mine", "miner", examples=examples[:24])
     res = ctx.complete(ctx.config.miner, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=200)
@@ -88,8 +88,8 @@ def miner_rules(ctx: RunContext, examples: list[dict]) -> str:
 
 
 def build_candidates(ctx: RunContext, state: dict) -> list[dict]:
-    from prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
-    from prompts.templates import render
+    from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
+    from foster.prompts.templates import render
 
     c = ctx.config
     spec = state["spec"]

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prompts.answers import answers_agree, normalize_answer
-from prompts.bundle import Bundle, Provenance
+from foster.prompts.answers import answers_agree, normalize_answer
+from foster.prompts.bundle import Bundle, Provenance
 
 if TYPE_CHECKING:  # dspy takes seconds to import: `from agent.optimize import OPTIMIZERS` must not
     import dspy
 
-    from agent.dspy_adapter import CallCounter
+    from foster.agent.dspy_adapter import CallCounter
 
 __all__ = [
     "OPTIMIZERS",
@@ -84,7 +84,7 @@ def _predictor(program: dspy.Module) -> dspy.Predict:
 def program_to_bundle(program: dspy.Module, base: Bundle, name: str) -> Bundle:
     """The bundle `program` renders: base's teacher, targets, contract and template, with the
     program's instructions and (unless base retrieves its examples by knn) its demos."""
-    from agent.dspy_adapter import instructions_of, render_bundle
+    from foster.agent.dspy_adapter import instructions_of, render_bundle
 
     predictor = _predictor(program)
     rendered = render_bundle(base, instructions_of(predictor.signature), predictor.demos)
@@ -101,7 +101,7 @@ def program_to_bundle(program: dspy.Module, base: Bundle, name: str) -> Bundle:
 
 @functools.lru_cache(maxsize=4096)
 def _embedding(text: str):
-    from prompts.embedding import embed
+    from foster.prompts.embedding import embed
 
     return embed([text])[0]
 
@@ -237,7 +237,7 @@ def run_gepa(program, trainset, metric, budget, run: OptimizerRun):
     if run.plain_proposer:
         from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
 
-        from agent.dspy_adapter import PlainTextAdapter
+        from foster.agent.dspy_adapter import PlainTextAdapter
 
         proposer = InstructionProposer(adapter=PlainTextAdapter())
     gepa = dspy.GEPA(
@@ -259,7 +259,7 @@ def run_gepa(program, trainset, metric, budget, run: OptimizerRun):
         scores = list(results.val_aggregate_scores)
         run.log.update(candidates=len(results.candidates), seed_score=scores[0] if scores else None,
                        score_train=scores[results.best_idx] if scores else None)
-        from agent.dspy_adapter import instructions_of
+        from foster.agent.dspy_adapter import instructions_of
 
         run.log["candidate_instructions"] = [_short(instructions_of(_predictor(c).signature), 200) for c in results.candidates]
     return optimized
@@ -390,7 +390,7 @@ def optimize(
 
     import dspy
 
-    from agent.dspy_adapter import BundleAdapter, CallCounter, PlainTextAdapter, gateway_lm
+    from foster.agent.dspy_adapter import BundleAdapter, CallCounter, PlainTextAdapter, gateway_lm
 
     budget = CallCounter(limit=budget_calls)  # every call to the target model
     program_calls = CallCounter(parent=budget)

@@ -1,14 +1,14 @@
 """optimize (node): DSPy against each target, starting from the best mined candidate."""
 from __future__ import annotations
 
-from agent.context import StopRun, context, node_timer
-from agent.target import is_completion
+from foster.agent.context import StopRun, context, node_timer
+from foster.agent.target import is_completion
 
 
 def optimize(state: dict) -> dict:
     """Run the configured DSPy optimizer per target within its call budget; export each result as a bundle."""
-    from agent.optimize import TrainItem, optimize as run_optimizer
-    from prompts.bundle import Bundle
+    from foster.agent.optimize import TrainItem, optimize as run_optimizer
+    from foster.prompts.bundle import Bundle
 
     ctx = context(state)
     ctx.registry.update(ctx.run_id, node="optimize")
@@ -29,7 +29,7 @@ def optimize(state: dict) -> dict:
             for n, target in enumerate(c.targets):
                 try:
                     ctx.check()
-                    from agent import gateway
+                    from foster.agent import gateway
 
                     with gateway.use_ledger(ctx.ledger):
                         res = run_optimizer(base, train, target, optimizer=c.optimizer, budget_calls=c.budget_calls,

@@ -5,8 +5,8 @@ import json
 import random
 import re
 
-from agent.context import RunContext, StopRun, context, node_timer, stable_seed
-from agent.inputs import read_jsonl
+from foster.agent.context import RunContext, StopRun, context, node_timer, stable_seed
+from foster.agent.inputs import read_jsonl
 
 KINDS = ("variation", "edge", "adjacent", "ambiguous", "out_of_domain")
 DEDUP_COSINE = 0.92
@@ -30,7 +30,7 @@ def dedupe(new: list[dict], existing: list[dict]) -> list[dict]:
     """Drop probes whose embedding is within DEDUP_COSINE of one already kept."""
     if not new:
         return []
-    from prompts.embedding import embed
+    from foster.prompts.embedding import embed
 
     kept_vecs = list(embed([p["text"] for p in existing])) if existing else []
     vecs = embed([p["text"] for p in new])
@@ -75,7 +75,7 @@ def assign_split(ctx: RunContext, probes: list[dict]) -> None:
 
 def synthesize(ctx: RunContext, seeds: list[dict], rnd: int, per_kind: int) -> list[dict]:
     """Generator-written probes of every kind around the seed probes (templates in prompts/)."""
-    from prompts.templates import render
+    from foster.prompts.templates import render
 
     c = ctx.config
     generator = c.generator or c.targets[0]
@@ -115,7 +115,7 @@ def sample_teacher(ctx: RunContext, probes: list[dict], known: dict[str, list[di
     todo = [p for p in probes if len(teacher.get(p["id"], [])) < len(plan)]
     total = len(todo) * len(plan)
     for n, p in enumerate(todo):
-        from store.vectors import observation_id
+        from foster.store.vectors import observation_id
 
         ids = [observation_id(p["id"], c.teacher, t, i) for t, i in plan]
         have = {o["id"]: o for o in ctx.store.get_observations(probe_id=p["id"], model=c.teacher)}
@@ -140,7 +140,7 @@ def _load_or_build_probes(ctx: RunContext, state: dict, rnd: int) -> list[dict]:
     path = ctx.dir / f"probes-round{rnd}.json"
     if path.exists():
         return json.loads(path.read_text())
-    from store.runs import write_json_atomic
+    from foster.store.runs import write_json_atomic
 
     existing = list(state.get("probes") or [])
     c = ctx.config

@@ -9,17 +9,17 @@ import traceback
 import uuid
 from typing import Callable, Iterator
 
-from agent.config import InputError, RunConfig
+from foster.agent.config import InputError, RunConfig
 
 NODES = ("probe", "characterize", "mine", "optimize", "evaluate", "decide", "bundle")
 
 
 def validate(config: RunConfig) -> None:
     """Everything that can be checked before anything is written: models exist, input files parse."""
-    from agent import gateway
-    from agent.inputs import read_jsonl
+    from foster.agent import gateway
+    from foster.agent.inputs import read_jsonl
 
-    from agent.context import register_endpoints
+    from foster.agent.context import register_endpoints
 
     if config.models_file:
         gateway.load_models_file(config.models_file)
@@ -38,7 +38,7 @@ def validate(config: RunConfig) -> None:
         read_jsonl(config.teacher_records, need_output=True)
     if config.train_data:
         read_jsonl(config.train_data, need_output=True)
-    from agent.optimize import OPTIMIZERS
+    from foster.agent.optimize import OPTIMIZERS
 
     if config.optimizer not in OPTIMIZERS:
         raise InputError(f"--optimizer {config.optimizer}: unknown (choose from {', '.join(OPTIMIZERS)})")
@@ -49,7 +49,7 @@ def new_run_id() -> str:
 
 
 def create_run(config: RunConfig) -> str:
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     validate(config)
     run_id = config.run_id or new_run_id()
@@ -63,10 +63,10 @@ def create_run(config: RunConfig) -> str:
 
 def execute(run_id: str, on_event: Callable[[dict], None] | None = None) -> dict:
     """Run (or continue, from its last checkpoint) a run's graph in this process."""
-    from agent.context import drop_context
-    from agent.graph import build_graph
-    from store.checkpoints import checkpointer
-    from store.runs import RunRegistry
+    from foster.agent.context import drop_context
+    from foster.agent.graph import build_graph
+    from foster.store.checkpoints import checkpointer
+    from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
     config = reg.config(run_id)
@@ -103,7 +103,7 @@ def start_run(config: RunConfig | dict, background: bool = False,
     if background:
         # A child process: a crash or a kill of the run never takes the API down, and cancel is cooperative.
         log = open(os.path.join(os.path.dirname(_status_path(run_id)), "run.log"), "ab")
-        subprocess.Popen([sys.executable, "-m", "ui.cli", "resume", run_id, "--quiet"], stdout=log, stderr=log,
+        subprocess.Popen([sys.executable, "-m", "foster.ui.cli", "resume", run_id, "--quiet"], stdout=log, stderr=log,
                          stdin=subprocess.DEVNULL, start_new_session=True)
     else:
         execute(run_id, on_event)
@@ -111,7 +111,7 @@ def start_run(config: RunConfig | dict, background: bool = False,
 
 
 def resume_run(run_id: str, on_event: Callable[[dict], None] | None = None) -> dict:
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     if not RunRegistry().exists(run_id):
         raise InputError(f"no run {run_id} (see `foster runs`)")
@@ -119,7 +119,7 @@ def resume_run(run_id: str, on_event: Callable[[dict], None] | None = None) -> d
 
 
 def cancel_run(run_id: str) -> None:
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
     if not reg.exists(run_id):
@@ -129,6 +129,6 @@ def cancel_run(run_id: str) -> None:
 
 
 def _status_path(run_id: str) -> str:
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     return str(RunRegistry().run_dir(run_id) / "status.json")

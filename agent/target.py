@@ -23,7 +23,7 @@ def render_request(bundle, model: str, user_input: str) -> dict:
 def ask(bundle, model: str, user_input: str, complete: Callable | None = None, **kw):
     """One target call through the bundle; `complete` is the gateway's (or a run's capped) complete()."""
     if complete is None:
-        from agent.gateway import complete
+        from foster.agent.gateway import complete
     req = render_request(bundle, model, user_input)
     if "stop" in req and kw.get("stop"):
         req["stop"] = list(dict.fromkeys(req["stop"] + list(kw.pop("stop"))))

@@ -109,7 +109,7 @@ class Scorer:
             "embedding cosine (all-MiniLM-L6-v2) to the teacher's greedy answer"
 
     def scores(self, answers: list[str], refs: list[str]) -> list[float]:
-        from agent import metrics
+        from foster.agent import metrics
 
         if self.kind == "closed":
             return [float(metrics.normalize(a, self.inventory, "closed") == r) for a, r in zip(answers, refs)]
@@ -119,7 +119,7 @@ class Scorer:
         return self.scores([answer or ""], [ref])[0]
 
     def dist(self, outputs: list[str]) -> dict[str, float]:
-        from agent import metrics
+        from foster.agent import metrics
 
         return metrics.distribution([metrics.normalize(o, self.inventory, self.kind) for o in outputs])
 
@@ -142,7 +142,7 @@ class Shared:
 @contextlib.contextmanager
 def measured(target: str):
     """Wall time and everything the gateway counted inside the block (all threads that copy the context)."""
-    from agent import gateway
+    from foster.agent import gateway
 
     out: dict[str, Any] = {}
     start = time.perf_counter()
@@ -162,7 +162,7 @@ def _usage_figures(usage: dict, target: str, wall_s: float) -> dict:
 
 
 def _o200k(text: str) -> int:
-    from prompts.tokens import count
+    from foster.prompts.tokens import count
 
     return count(text, "o200k_base") if text else 0
 
@@ -172,10 +172,10 @@ def _o200k(text: str) -> int:
 
 def run_foster(domain: Domain, settings: Settings, target: str) -> dict:
     """One foster run; returns its report, final graph state and what it spent."""
-    from agent.graph import build_graph
-    from agent.runs import start_run
-    from store.checkpoints import checkpointer
-    from store.runs import RunRegistry
+    from foster.agent.graph import build_graph
+    from foster.agent.runs import start_run
+    from foster.store.checkpoints import checkpointer
+    from foster.store.runs import RunRegistry
 
     config = {"teacher": domain.teacher, "targets": [target], "inputs": domain.inputs, "task": domain.task,
               "temperatures": list(settings.temperatures), "samples": settings.samples,
@@ -208,7 +208,7 @@ def shared_from(foster: dict) -> Shared:
 
 
 def foster_arm(foster: dict, target: str) -> dict:
-    from prompts.bundle import Bundle
+    from foster.prompts.bundle import Bundle
 
     report, m = foster["report"], foster["measured"]
     t = report["targets"][target]
@@ -241,8 +241,8 @@ def foster_arm(foster: dict, target: str) -> dict:
 
 def evaluate_arm(shared: Shared, settings: Settings, answer: Callable[[str, float, int], str]) -> dict:
     """Greedy answers on the held-out probes, then samples at the teacher's temperatures."""
-    from agent import metrics
-    from agent.context import stable_seed
+    from foster.agent import metrics
+    from foster.agent.context import stable_seed
 
     greedy = [answer(p["text"], 0.0, stable_seed(settings.seed, "target", p["id"], 0.0, 0)) for p in shared.heldout]
     scores = shared.scorer.scores(greedy, [p["mode"] for p in shared.heldout])
@@ -261,8 +261,8 @@ def evaluate_arm(shared: Shared, settings: Settings, answer: Callable[[str, floa
 
 def zero_shot_arm(foster: dict, shared: Shared, settings: Settings, target: str, max_new_tokens: int) -> dict:
     """foster's zero-shot bundle (the task description as the system prompt), asked as it ships."""
-    from agent.target import ask
-    from prompts.bundle import Bundle
+    from foster.agent.target import ask
+    from foster.prompts.bundle import Bundle
 
     path = next(Path(foster["run_dir"], "bundles").glob("zero-shot-r1.json"))
     bundle = Bundle.load(path)
@@ -298,7 +298,7 @@ def budget_engine(model: str, counter):
     stops calling the model once `counter` is spent. `.raw` keeps every text it returned."""
     from dspy.lm15 import Message, Response, Usage
 
-    from agent.dspy_adapter import GatewayEngine
+    from foster.agent.dspy_adapter import GatewayEngine
 
     class BudgetEngine(GatewayEngine):
         raw: list[str]
@@ -359,7 +359,7 @@ def dspy_arm(name: str, compile_fn: Callable, shared: Shared, settings: Settings
     budget, then evaluate it on the held-out probes as DSPy runs it."""
     import dspy
 
-    from agent.dspy_adapter import CallCounter
+    from foster.agent.dspy_adapter import CallCounter
 
     counter = CallCounter(limit=budget)
     program = plain_program(domain.task)
@@ -562,7 +562,7 @@ def run(quick: bool | None = None, names: list[str] | None = None, target: str =
         home: str | None = None, out_dir: Path | None = None, domain_list: list[Domain] | None = None,
         settings: Settings | None = None) -> dict:
     """All domains, all arms; writes results/compare-<date>.json|md and prints the table."""
-    import agent  # noqa: F401  (offline environment before litellm)
+    import foster.agent  # noqa: F401  (offline environment before litellm)
 
     if quick is None:
         quick = os.environ.get("FOSTER_BENCH_QUICK", "") not in ("", "0")

@@ -31,9 +31,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def run(reps: int = REPS, max_tokens: int = MAX_TOKENS, budget_s: float = BUDGET_S) -> dict:
-    import agent  # noqa: F401  (environment before litellm)
-    from agent.gateway import complete
-    from agent.local import registry
+    import foster.agent  # noqa: F401  (environment before litellm)
+    from foster.agent.gateway import complete
+    from foster.agent.local import registry
 
     backend = registry.resolve(MODEL)  # the Llama object litellm's provider uses
 

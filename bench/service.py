@@ -37,7 +37,7 @@ INPUTS = ["I was charged twice", "reset my password please", "where is my parcel
 
 
 def _bundle():
-    from prompts.bundle import Bundle, Example, OutputContract
+    from foster.prompts.bundle import Bundle, Example, OutputContract
 
     return Bundle(
         teacher="local/bench-teacher",
@@ -49,8 +49,8 @@ def _bundle():
 
 
 def _register_fake():
-    from agent.local.fake import ScriptedBackend
-    from agent.local.registry import register_backend
+    from foster.agent.local.fake import ScriptedBackend
+    from foster.agent.local.registry import register_backend
 
     register_backend(FAKE, ScriptedBackend(lambda request: "BILLING"))
 
@@ -59,10 +59,10 @@ def serve(port: int) -> None:
     """The server process: a fake target, a published bundle deployed under ALIAS, uvicorn."""
     import uvicorn
 
-    import agent  # noqa: F401
-    from ui.catalog import bundles_dir
-    from ui.deployments import Deployment, deployment_store
-    from ui.service import create_app
+    import foster.agent  # noqa: F401
+    from foster.ui.catalog import bundles_dir
+    from foster.ui.deployments import Deployment, deployment_store
+    from foster.ui.service import create_app
 
     _register_fake()
     bundle = _bundle()
@@ -123,7 +123,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _direct_latencies(n: int, concurrency: int) -> list[float]:
-    from agent.gateway import complete
+    from foster.agent.gateway import complete
 
     bundle = _bundle()
     target = bundle.targets[0]
@@ -140,7 +140,7 @@ def _direct_latencies(n: int, concurrency: int) -> list[float]:
 def run(n: int = N, concurrency: int = CONCURRENCY, timeout_s: float = 240.0) -> dict:
     import httpx
 
-    import agent  # noqa: F401
+    import foster.agent  # noqa: F401
 
     started = time.monotonic()
     port = _free_port()

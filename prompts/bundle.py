@@ -4,7 +4,7 @@ Evaluation and serving both call `messages()` / `prompt()` on a loaded bundle, s
 is what runs. A bundle is saved as JSON plus a readable Markdown sidecar, and refuses to hold an API
 key or an endpoint URL (those belong to the deployment, not the prompt).
 
-    from prompts.bundle import Bundle
+    from foster.prompts.bundle import Bundle
     Bundle.load("intent.json").messages("where is my refund?")
 """
 
@@ -26,9 +26,9 @@ import jinja2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from prompts import templates
-from prompts.answers import answer_key, answers_agree, normalize_answer
-from prompts.embedding import EMBEDDING_MODEL
+from foster.prompts import templates
+from foster.prompts.answers import answer_key, answers_agree, normalize_answer
+from foster.prompts.embedding import EMBEDDING_MODEL
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -292,7 +292,7 @@ class Bundle(BaseModel):
     # --- rendering --------------------------------------------------------------------------------
 
     def _vectors(self) -> np.ndarray:
-        from prompts.embedding import embed
+        from foster.prompts.embedding import embed
 
         key = tuple(example.input for example in self.examples)
         with self._vectors_lock:
@@ -307,7 +307,7 @@ class Bundle(BaseModel):
         pool order, so the choice is deterministic."""
         if self.selection.kind == "fixed" or not self.examples:
             return list(self.examples)
-        from prompts.embedding import embed
+        from foster.prompts.embedding import embed
 
         similarity = self._vectors() @ embed([user_input])[0]
         ranked = sorted(range(len(self.examples)), key=lambda i: (-float(similarity[i]), i))
@@ -363,7 +363,7 @@ class Bundle(BaseModel):
         template overhead depends on the target). Fixed selection counts every example; knn counts
         min(k, pool) examples of the pool's average size, since which k depends on the input.
         """
-        from prompts.tokens import ENCODINGS, count
+        from foster.prompts.tokens import ENCODINGS, count
 
         counters: dict[str, Callable[[str], int]] = {
             name: (lambda text, name=name: count(text, name)) for name in ENCODINGS

@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 import yaml
 
-PACKAGE = "prompts"
+PACKAGE = "foster.prompts"
 FOLDER = "templates"
 _METADATA_KEYS = {"description", "version", "variables", "notes"}
 

@@ -11,7 +11,7 @@ from typing import Any
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from prompts.embedding import EMBEDDING_MODEL, embed
+from foster.prompts.embedding import EMBEDDING_MODEL, embed
 
 
 @register_embedding_function

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import store  # noqa: F401  (sets the offline environment before chromadb is imported)
-from store.embedding import MiniLMEmbeddingFunction
-from store.paths import foster_home
+import foster.store  # noqa: F401  (sets the offline environment before chromadb is imported)
+from foster.store.embedding import MiniLMEmbeddingFunction
+from foster.store.paths import foster_home
 
 PROBES = "probes"
 OBSERVATIONS = "observations"

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-import agent  # noqa: E402,F401  (sets the offline environment before anything heavy loads)
+import foster.agent  # noqa: E402,F401  (sets the offline environment before anything heavy loads)
 
 
 @pytest.fixture(autouse=True)
@@ -17,10 +17,10 @@ def foster_state(tmp_path, monkeypatch) -> Iterator[None]:
     """FOSTER_HOME in a tmp dir; fakes, model specs, ledgers and litellm callbacks reset afterwards."""
     monkeypatch.setenv("FOSTER_HOME", str(tmp_path / "foster-home"))
     yield
-    from agent.local.registry import clear_registered_backends
+    from foster.agent.local.registry import clear_registered_backends
 
     clear_registered_backends()
-    gateway = sys.modules.get("agent.gateway")
+    gateway = sys.modules.get("foster.agent.gateway")
     if gateway is not None:
         gateway._SPECS.clear()
         gateway.process_ledger().reset()
@@ -34,8 +34,8 @@ def foster_state(tmp_path, monkeypatch) -> Iterator[None]:
 @pytest.fixture
 def fake_model() -> Iterator[Callable]:
     """`fake_model(fn, name="fake")` registers a ScriptedBackend and returns (model string, backend)."""
-    from agent.local.fake import ScriptedBackend
-    from agent.local.registry import register_backend, unregister_backend
+    from foster.agent.local.fake import ScriptedBackend
+    from foster.agent.local.registry import register_backend, unregister_backend
 
     names: list[str] = []
 

@@ -11,8 +11,8 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 import fakes  # noqa: E402
 
-from agent.local.fake import ScriptedBackend  # noqa: E402
-from agent.local.registry import register_backend  # noqa: E402
+from foster.agent.local.fake import ScriptedBackend  # noqa: E402
+from foster.agent.local.registry import register_backend  # noqa: E402
 
 mode, run_id, inputs, log = sys.argv[1:5]
 
@@ -26,7 +26,7 @@ def slow_teacher(req):
 
 register_backend("fake-teacher", ScriptedBackend(slow_teacher))
 register_backend("fake-target", ScriptedBackend(fakes.target))
-from agent.runs import resume_run, start_run  # noqa: E402
+from foster.agent.runs import resume_run, start_run  # noqa: E402
 
 if mode == "start":
     start_run({"teacher": "local/fake-teacher", "targets": ["local/fake-target"], "inputs": inputs,

@@ -37,7 +37,7 @@ def label_for(text: str) -> str:
 
 
 def make_bundles(run_dir: Path, target: str = TARGET) -> dict:
-    from prompts.bundle import Bundle, Example, OutputContract
+    from foster.prompts.bundle import Bundle, Example, OutputContract
 
     contract = OutputContract(format="label", answers=LABELS)
     zero = Bundle(teacher=TEACHER, targets=[target], system_prompt="Route the support ticket.", output_contract=contract)

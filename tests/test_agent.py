@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import fakes  # noqa: E402
 
-from agent.decide import route, verdict  # noqa: E402
+from foster.agent.decide import route, verdict  # noqa: E402
 
 
 def write_jsonl(path: Path, rows) -> str:
@@ -57,7 +57,7 @@ def test_verdict_stopped_by_cap():
 # -- nodes on fakes ----------------------------------------------------------------------------------
 
 def test_characterize_spec_and_ceiling():
-    from agent.characterize import build_spec
+    from foster.agent.characterize import build_spec
 
     probes = [{"id": f"p{i}", "text": t, "split": "heldout" if i < 3 else "train", "kind": "historical"}
               for i, t in enumerate(fakes.HISTORICAL)]
@@ -74,7 +74,7 @@ def test_characterize_spec_and_ceiling():
 
 
 def test_discriminative_phrases_find_the_keywords():
-    from agent.mine import discriminative_phrases
+    from foster.agent.mine import discriminative_phrases
 
     items = [(t, fakes.true_label(t)) for t in fakes.HISTORICAL]
     phrases = discriminative_phrases(items, min_count=2)
@@ -83,9 +83,9 @@ def test_discriminative_phrases_find_the_keywords():
 
 
 def test_full_run_on_fakes(domain):
-    from agent.runs import start_run
-    from prompts.bundle import Bundle
-    from store.runs import RunRegistry
+    from foster.agent.runs import start_run
+    from foster.prompts.bundle import Bundle
+    from foster.store.runs import RunRegistry
 
     run_id = start_run({"teacher": domain["teacher"], "targets": [domain["target"]], "inputs": domain["inputs"],
                         "task": "Route the ticket.", "budget_calls": 10, "max_rounds": 1})
@@ -106,8 +106,8 @@ def test_full_run_on_fakes(domain):
 
 
 def test_records_path(domain, fake_model):
-    from agent.runs import start_run
-    from store.runs import RunRegistry
+    from foster.agent.runs import start_run
+    from foster.store.runs import RunRegistry
 
     recs = write_jsonl(domain["dir"] / "rec.jsonl", [{"input": x, "output": fakes.true_label(x)} for x in fakes.HISTORICAL])
     run_id = start_run({"teacher_records": recs, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1})
@@ -118,8 +118,8 @@ def test_records_path(domain, fake_model):
 
 
 def test_relabel_path_lists_disagreements(domain):
-    from agent.runs import start_run
-    from store.runs import RunRegistry
+    from foster.agent.runs import start_run
+    from foster.store.runs import RunRegistry
 
     gold = write_jsonl(domain["dir"] / "gold.jsonl", [{"input": x, "output": fakes.true_label(x)} for x in fakes.HISTORICAL])
     run_id = start_run({"train_data": gold, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1})
@@ -129,8 +129,8 @@ def test_relabel_path_lists_disagreements(domain):
 
 
 def test_call_cap_stops_cleanly(domain):
-    from agent.runs import start_run
-    from store.runs import RunRegistry
+    from foster.agent.runs import start_run
+    from foster.store.runs import RunRegistry
 
     run_id = start_run({"teacher": domain["teacher"], "targets": [domain["target"]], "inputs": domain["inputs"],
                         "max_calls": 30, "max_rounds": 1})
@@ -142,7 +142,7 @@ def test_call_cap_stops_cleanly(domain):
 # -- bad input: exit 2, one line, nothing written -----------------------------------------------------
 
 def _cli(argv, capsys):
-    from ui.cli import main
+    from foster.ui.cli import main
 
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()

@@ -11,9 +11,9 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "ticket_routing"
 
 @pytest.mark.integration
 def test_end_to_end_on_the_real_local_model(tmp_path):
-    from agent.runs import start_run
-    from prompts.bundle import Bundle
-    from store.runs import RunRegistry
+    from foster.agent.runs import start_run
+    from foster.prompts.bundle import Bundle
+    from foster.store.runs import RunRegistry
 
     rows = [json.loads(l) for l in (EXAMPLE / "data" / "inputs.jsonl").read_text().splitlines()[:8]]
     inputs = tmp_path / "inputs.jsonl"

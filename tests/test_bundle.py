@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from prompts import templates
-from prompts.bundle import Bundle, Example, ExampleSelection, OutputContract, Provenance, data_hash
-from prompts.answers import answer_key, normalize_answer
+from foster.prompts import templates
+from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract, Provenance, data_hash
+from foster.prompts.answers import answer_key, normalize_answer
 
 
 @pytest.fixture(autouse=True)
@@ -161,7 +161,7 @@ def test_token_counts_offline(monkeypatch):
         raise AssertionError("tiktoken tried to fetch an encoding")
 
     monkeypatch.setattr(tiktoken.load, "read_file", no_network)
-    from prompts.tokens import count, counts
+    from foster.prompts.tokens import count, counts
 
     assert count("hello world", "cl100k_base") == 2
     assert count("hello world", "o200k_base") == 2

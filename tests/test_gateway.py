@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from agent import gateway
-from agent.gateway import Completion, Ledger, ModelSpec, UnknownModelError, check_model, complete, ledger, use_ledger
+from foster.agent import gateway
+from foster.agent.gateway import Completion, Ledger, ModelSpec, UnknownModelError, check_model, complete, ledger, use_ledger
 
 
 def _echo(request) -> str:
@@ -168,7 +168,7 @@ def test_local_models_lists_the_embedded_aliases():
 
 
 def test_cli_ask_with_a_fake(fake_model, capsys):
-    from ui.cli import main
+    from foster.ui.cli import main
 
     model, backend = fake_model(lambda r: f"  answer to {r.messages[-1]['content']} with {r.messages[0]['content']}  ")
     assert main(["ask", model, "hi", "--system", "be nice", "--temperature", "0.5", "--max-tokens", "7"]) == 0
@@ -177,7 +177,7 @@ def test_cli_ask_with_a_fake(fake_model, capsys):
 
 
 def test_cli_ask_unknown_provider_exits_2_with_one_line(capsys):
-    from ui.cli import main
+    from foster.ui.cli import main
 
     assert main(["ask", "nope/x", "hi"]) == 2
     captured = capsys.readouterr()
@@ -187,7 +187,7 @@ def test_cli_ask_unknown_provider_exits_2_with_one_line(capsys):
 
 
 def test_cli_models_lists_aliases(capsys):
-    from ui.cli import main
+    from foster.ui.cli import main
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out

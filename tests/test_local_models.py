@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.gateway import complete, count_tokens
-from agent.local import registry
+from foster.agent.gateway import complete, count_tokens
+from foster.agent.local import registry
 
 pytestmark = pytest.mark.integration
 

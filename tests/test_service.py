@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from service_fixtures import RUN_ID, TARGET, TEACHER, label_for, make_run, running_server  # noqa: E402
 
-from agent.local.fake import ScriptedBackend  # noqa: E402
-from agent.local.registry import Backend, Generation, register_backend  # noqa: E402
+from foster.agent.local.fake import ScriptedBackend  # noqa: E402
+from foster.agent.local.registry import Backend, Generation, register_backend  # noqa: E402
 
 ALIAS = "ft:gpt-4o-mini:acme:router:9xYz"
 
@@ -28,7 +28,7 @@ def _user_text(messages_or_prompt) -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    from ui.service import create_app
+    from foster.ui.service import create_app
 
     with running_server(create_app(ui=False)) as base:
         yield base
@@ -36,7 +36,7 @@ def server():
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    from store.paths import foster_home
+    from foster.store.paths import foster_home
 
     monkeypatch.delenv("FOSTER_API_TOKEN", raising=False)
     return foster_home()
@@ -124,7 +124,7 @@ class WordStream(Backend):
 def test_free_text_bundle_streams_incrementally(server, http, home):
     import openai
 
-    from prompts.bundle import Bundle, Example
+    from foster.prompts.bundle import Bundle, Example
 
     backend = WordStream()
     register_backend("fake-writer", backend)
@@ -256,7 +256,7 @@ def test_runs_bundles_and_events(server, http, run, monkeypatch):
     assert cancelled.status_code == 202 and (Path(run["run_dir"]).parent / "live-run" / "CANCEL").exists()
 
     # POST /v1/runs hands the RunConfig to agent.runs.start_run in the background
-    from agent import runs as agent_runs
+    from foster.agent import runs as agent_runs
 
     started = []
     monkeypatch.setattr(agent_runs, "start_run", lambda config, background=False: started.append((config, background)) or "new-run")
@@ -273,7 +273,7 @@ def test_deployments_persist(server, http, run, target):
     assert body["created_at"] and body["shadow"]["sample_rate"] == 0.0
     assert [d["name"] for d in http.get("/v1/deployments").json()["data"]] == ["acme/router:v1"]
     assert http.get("/v1/deployments/acme/router:v1").json()["bundle_id"] == best.id
-    from store.paths import foster_home
+    from foster.store.paths import foster_home
 
     saved = json.loads((foster_home() / "deployments.json").read_text())
     assert saved["deployments"]["acme/router:v1"]["bundle_id"] == best.id
@@ -309,7 +309,7 @@ def test_retrieving_bundle_serves_the_nearest_examples(server, http, home, targe
     (After the shadow test, which already loaded the embedding model.)"""
     import openai
 
-    from prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
+    from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
     from service_fixtures import PROBES
 
     pool = Bundle(teacher=TEACHER, targets=[TARGET], system_prompt="Route the ticket.",
@@ -330,7 +330,7 @@ def test_openapi_has_no_5xx_under_schemathesis(server, run, target, monkeypatch)
     from hypothesis import HealthCheck, Phase, given, settings
     from schemathesis.generation import GenerationMode
 
-    from agent import runs as agent_runs
+    from foster.agent import runs as agent_runs
 
     # a fuzzed body that passes RunConfig must not spawn real runs: the route is under test, not the agent
     monkeypatch.setattr(agent_runs, "start_run", lambda config, background=False: "fuzzed-run")

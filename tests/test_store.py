@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from store.paths import foster_home, run_dir, runs_dir
-from store.vectors import VectorStore, make_client, observation_id, probe_id
+from foster.store.paths import foster_home, run_dir, runs_dir
+from foster.store.vectors import VectorStore, make_client, observation_id, probe_id
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def test_paths_follow_foster_home(tmp_path):
 
 
 def test_embed_is_normalised_and_semantic():
-    from prompts.embedding import embed
+    from foster.prompts.embedding import embed
 
     vectors = embed(["I want my money back", "please refund my order", "the weather is sunny"])
     assert vectors.shape == (3, 384)
@@ -144,7 +144,7 @@ def test_reopen_from_disk(tmp_path):
     # a bare client (another process, a notebook) rebuilds the registered function, not
     # chromadb's downloading default
     _forget_open_clients()
-    from store.embedding import MiniLMEmbeddingFunction
+    from foster.store.embedding import MiniLMEmbeddingFunction
 
     client = make_client()
     collection = client.get_collection("probes")

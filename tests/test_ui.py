@@ -12,8 +12,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from service_fixtures import RUN_ID, TARGET, TEACHER, label_for, make_run, running_server  # noqa: E402
 
-from agent.local.fake import ScriptedBackend  # noqa: E402
-from agent.local.registry import register_backend  # noqa: E402
+from foster.agent.local.fake import ScriptedBackend  # noqa: E402
+from foster.agent.local.registry import register_backend  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -30,7 +30,7 @@ def _user_text(messages_or_prompt) -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    from ui.service import create_app
+    from foster.ui.service import create_app
 
     with running_server(create_app(ui=True)) as base:
         yield base
@@ -38,7 +38,7 @@ def server():
 
 @pytest.fixture
 def run(monkeypatch):
-    from store.paths import foster_home
+    from foster.store.paths import foster_home
 
     monkeypatch.delenv("FOSTER_API_TOKEN", raising=False)
     return make_run(foster_home())
@@ -56,7 +56,7 @@ def fakes():
 def test_gradio_client_drives_the_app(server, run, fakes, tmp_path):
     from gradio_client import Client
 
-    from prompts.bundle import Bundle
+    from foster.prompts.bundle import Bundle
 
     teacher, target = fakes
     client = Client(f"{server}/ui/", verbose=False, download_files=str(tmp_path / "downloads"), analytics_enabled=False)
@@ -99,8 +99,8 @@ def test_gradio_client_drives_the_app(server, run, fakes, tmp_path):
 def test_gradio_client_starts_runs_and_lists_divergences(server, run, monkeypatch):
     from gradio_client import Client
 
-    from agent import runs as agent_runs
-    from ui import deployments
+    from foster.agent import runs as agent_runs
+    from foster.ui import deployments
 
     started = []
     monkeypatch.setattr(agent_runs, "start_run", lambda config, background=False: started.append(config) or "ui-run")

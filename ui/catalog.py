@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from store.paths import foster_home
+from foster.store.paths import foster_home
 
 FRESH_S = 1.0  # how stale a cached file check may be (a stat costs more than the rest of a lookup)
 
@@ -191,7 +191,7 @@ class BundleCatalog:
         return None if entry is None else self.load_path(entry.path)
 
     def load_path(self, path: Path):
-        from prompts.bundle import Bundle
+        from foster.prompts.bundle import Bundle
 
         with self._lock:
             cached = self._loaded.get(path)

@@ -37,7 +37,7 @@ def _models_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _models_run(args: argparse.Namespace) -> int:
-    from agent.local.registry import ALIASES, local_models
+    from foster.agent.local.registry import ALIASES, local_models
 
     rows = local_models()
     width = max(len(f"local/{alias}") for alias, _, _ in rows)
@@ -64,7 +64,7 @@ def _ask_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ask_run(args: argparse.Namespace) -> int:
-    from agent.gateway import check_model, complete
+    from foster.agent.gateway import check_model, complete
 
     check_model(args.model)
     messages = [{"role": "system", "content": args.system}] if args.system else []
@@ -89,12 +89,12 @@ BUILTIN_COMMANDS = [
 
 def commands() -> dict[str, Command]:
     """Built-in commands plus those of every `ui/cmd_*.py` module."""
-    import ui
+    import foster.ui as ui
 
     found = {c.name: c for c in BUILTIN_COMMANDS}
     for info in sorted(pkgutil.iter_modules(ui.__path__), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
-            module = importlib.import_module(f"ui.{info.name}")
+            module = importlib.import_module(f"foster.ui.{info.name}")
             found.update((c.name, c) for c in getattr(module, "COMMANDS", []))
     return found
 
@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from agent.local.registry import UnknownModelError
+    from foster.agent.local.registry import UnknownModelError
 
     try:
         if args.models_file:
-            from agent.gateway import load_models_file
+            from foster.agent.gateway import load_models_file
 
             load_models_file(args.models_file)
         code = args._run(args)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ui.cli import Command, CommandError
+from foster.ui.cli import Command, CommandError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -76,7 +76,7 @@ def make_config(values: dict):
     """RunConfig from options; any problem becomes one line naming the flag or the file."""
     from pydantic import ValidationError
 
-    from agent.config import InputError, RunConfig
+    from foster.agent.config import InputError, RunConfig
 
     if values.get("api_base") or values.get("api_key_env"):
         values = {**values, "endpoints": _endpoints(values)}
@@ -121,8 +121,8 @@ class Progress:
 
 
 def _print_result(run_id: str) -> None:
-    from agent.report import summary_table
-    from store.runs import RunRegistry
+    from foster.agent.report import summary_table
+    from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
     report = reg.read_json(run_id, "report.json") or {}
@@ -137,8 +137,8 @@ def _print_result(run_id: str) -> None:
 
 
 def _run_and_report(run_id_or_config, quiet: bool, resume: bool = False) -> int:
-    from agent.config import InputError
-    from agent.runs import resume_run, start_run
+    from foster.agent.config import InputError
+    from foster.agent.runs import resume_run, start_run
 
     prog = Progress(quiet)
     try:
@@ -174,7 +174,7 @@ def _runs_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _runs_run(args: argparse.Namespace) -> int:
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     runs = RunRegistry().list()
     if args.json:
@@ -193,8 +193,8 @@ def _cancel_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cancel_run(args: argparse.Namespace) -> int:
-    from agent.config import InputError
-    from agent.runs import cancel_run
+    from foster.agent.config import InputError
+    from foster.agent.runs import cancel_run
 
     try:
         cancel_run(args.run_id)
@@ -228,7 +228,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 def _demo_run(args: argparse.Namespace) -> int:
     config = make_config(demo_config(threshold=args.threshold, run_id=args.run_id, lora_fallback=True if args.lora else None))
     code = _run_and_report(config, args.quiet)
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
     run_id = reg.list()[0].run_id if not args.run_id else args.run_id

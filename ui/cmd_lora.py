@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from ui.cli import Command, CommandError
+from foster.ui.cli import Command, CommandError
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
@@ -58,11 +58,11 @@ class _Bars:
 def _run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from agent.config import InputError
-    from agent.lora.job import LoraOptions, job_status
-    from agent.lora.node import run_lora
-    from agent.lora.report import lora_markdown
-    from store.runs import RunRegistry
+    from foster.agent.config import InputError
+    from foster.agent.lora.job import LoraOptions, job_status
+    from foster.agent.lora.node import run_lora
+    from foster.agent.lora.report import lora_markdown
+    from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
     if not reg.exists(args.run_id):
@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         if job is None:
             raise CommandError(f"run {args.run_id} has no LoRA job yet (`foster lora {args.run_id}` starts one)")
         if job.kind == "provider" and job.provider_job_id:
-            from agent.lora.node import refresh_provider_job
+            from foster.agent.lora.node import refresh_provider_job
 
             job = refresh_provider_job(args.run_id, job.target)
         print(json.dumps(job.model_dump(), indent=2, default=str))

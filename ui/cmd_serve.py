@@ -1,29 +1,29 @@
 """`foster serve` (HTTP API + OpenAI-compatible endpoint + UI at /ui) and `foster ui` (the Gradio app alone)."""
 from __future__ import annotations
 
-from ui.cli import Command
+from foster.ui.cli import Command
 
 
 def _serve_arguments(p):
-    from ui.service import add_serve_arguments
+    from foster.ui.service import add_serve_arguments
 
     add_serve_arguments(p)
 
 
 def _serve_run(args):
-    from ui.service import run_serve
+    from foster.ui.service import run_serve
 
     return run_serve(args)
 
 
 def _ui_arguments(p):
-    from ui.gradio_app import add_ui_arguments
+    from foster.ui.gradio_app import add_ui_arguments
 
     add_ui_arguments(p)
 
 
 def _ui_run(args):
-    from ui.gradio_app import run_ui
+    from foster.ui.gradio_app import run_ui
 
     return run_ui(args)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.paths import foster_home
+from foster.store.paths import foster_home
 
 log = logging.getLogger("foster.deployments")
 
@@ -47,7 +47,7 @@ class Deployment(BaseModel):
 
 
 def deployments_path() -> Path:
-    from ui.catalog import current_home
+    from foster.ui.catalog import current_home
 
     return current_home() / "deployments.json"
 
@@ -71,7 +71,7 @@ class DeploymentStore:
         return self._path or deployments_path()
 
     def _read(self) -> dict[str, Deployment]:
-        from ui.catalog import FRESH_S
+        from foster.ui.catalog import FRESH_S
 
         # writes through this store are seen at once; edits by another process within FRESH_S
         if self._cache and time.monotonic() - self._checked < FRESH_S:
@@ -100,7 +100,7 @@ class DeploymentStore:
             return self._read().get(name)
 
     def _write(self, found: dict[str, Deployment]) -> None:
-        from store.runs import write_json_atomic
+        from foster.store.runs import write_json_atomic
 
         data = {"deployments": {name: d.model_dump(exclude={"name"}) for name, d in sorted(found.items())}}
         write_json_atomic(self.path, data)
@@ -161,7 +161,7 @@ _VECTORS_LOCK = threading.Lock()
 
 def vector_store():
     """One VectorStore per data directory (opening Chroma costs more than a request)."""
-    from store.vectors import VectorStore
+    from foster.store.vectors import VectorStore
 
     home = foster_home()
     with _VECTORS_LOCK:
@@ -179,9 +179,9 @@ def should_shadow(deployment: Deployment | None, rng: random.Random | None = Non
 def shadow_compare(deployment: Deployment, bundle, target: str, user_input: str, target_output: str, max_tokens: int = 64) -> dict:
     """Ask the teacher as the pipeline probed it (the input as one user message, greedy) and store a
     divergence when its answer and the target's differ under the bundle's output contract."""
-    from agent.gateway import complete
-    from prompts.answers import answer_key
-    from store.vectors import probe_id
+    from foster.agent.gateway import complete
+    from foster.prompts.answers import answer_key
+    from foster.store.vectors import probe_id
 
     teacher = deployment.shadow.teacher
     namespace = divergence_namespace(deployment.name)

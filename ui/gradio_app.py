@@ -17,7 +17,7 @@ def mount_options() -> dict[str, Any]:
     """Options for gr.mount_gradio_app / Blocks.launch (Gradio 6 takes theme and css there)."""
     import gradio as gr
 
-    from ui.views import DIFF_CSS, GRID_CSS
+    from foster.ui.views import DIFF_CSS, GRID_CSS
 
     return {"theme": gr.themes.Soft(), "css": GRID_CSS + DIFF_CSS, "ssr_mode": False}
 
@@ -28,7 +28,7 @@ def _copy_upload(path: str | None) -> str | None:
     import uuid
     from pathlib import Path
 
-    from store.paths import foster_home
+    from foster.store.paths import foster_home
 
     if not path:
         return None
@@ -43,7 +43,7 @@ def create_ui():
     """Build the app (does not read any run until a page loads)."""
     import gradio as gr
 
-    from ui import views
+    from foster.ui import views
 
     def run_dropdown(label: str = "Run") -> Any:
         return gr.Dropdown(label=label, choices=[], value=None, allow_custom_value=True, scale=3)
@@ -225,7 +225,7 @@ def add_ui_arguments(parser) -> None:
 def run_ui(args) -> int:
     """Start `foster ui` from parsed arguments."""
     if getattr(args, "models", None):
-        from agent.gateway import load_models_file
+        from foster.agent.gateway import load_models_file
 
         load_models_file(args.models)
     launch_ui(args.host, args.port)

@@ -23,9 +23,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ui.catalog import catalog
-from ui.deployments import Deployment, deployment_store, shadow_in_background, should_shadow
-from ui.errors import ApiError, error_body
+from foster.ui.catalog import catalog
+from foster.ui.deployments import Deployment, deployment_store, shadow_in_background, should_shadow
+from foster.ui.errors import ApiError, error_body
 
 DEFAULT_MAX_TOKENS = 256
 MAX_N = 8
@@ -155,7 +155,7 @@ async def render_async(served: Served, user_input: str, stops: list[str]) -> dic
 
 def render(served: Served, user_input: str, stops: list[str]) -> dict:
     """The request the bundle makes for this target (agent.target: the path evaluation used)."""
-    from agent.target import render_request
+    from foster.agent.target import render_request
 
     request = render_request(served.bundle, served.target, user_input)
     if "prompt" in request:
@@ -179,7 +179,7 @@ def _params(body: _Sampling, max_tokens: int | None) -> dict:
 
 def _call(served: Served, request: dict, params: dict, n: int):
     """The gateway call, and how long all of it took (checks and ledger included)."""
-    from agent.gateway import complete
+    from foster.agent.gateway import complete
 
     start = time.perf_counter()
     result = complete(served.target, n=n, **request, **params)
@@ -187,7 +187,7 @@ def _call(served: Served, request: dict, params: dict, n: int):
 
 
 def _target_error(served: Served, exc: Exception) -> ApiError:
-    from agent.gateway import UnknownModelError
+    from foster.agent.gateway import UnknownModelError
 
     if isinstance(exc, UnknownModelError):
         return ApiError(503, f"target {served.target} of {served.name!r} is not available here: {exc}", code="target_unavailable")
@@ -213,8 +213,8 @@ def stream_texts(served: Served, request: dict, params: dict) -> Iterator[str]:
     """
     import litellm
 
-    from agent import gateway
-    from agent.local.provider import ensure_registered
+    from foster.agent import gateway
+    from foster.agent.local.provider import ensure_registered
 
     spec = gateway.model_spec(served.target)
     gateway.check_model(served.target)

@@ -26,13 +26,13 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-import agent  # noqa: F401  (offline environment before litellm, chromadb or gradio load)
-from agent.config import RunConfig
-from prompts.bundle import Bundle
-from ui import openai_api
-from ui.catalog import SAFE_ID, bundles_dir, catalog
-from ui.deployments import NAME_PATTERN, Deployment, deployment_store, divergences, warm_up
-from ui.errors import ApiError, install_error_handlers
+import foster.agent  # noqa: F401  (offline environment before litellm, chromadb or gradio load)
+from foster.agent.config import RunConfig
+from foster.prompts.bundle import Bundle
+from foster.ui import openai_api
+from foster.ui.catalog import SAFE_ID, bundles_dir, catalog
+from foster.ui.deployments import NAME_PATTERN, Deployment, deployment_store, divergences, warm_up
+from foster.ui.errors import ApiError, install_error_handlers
 
 TOKEN_ENV = "FOSTER_API_TOKEN"
 TERMINAL = ("done", "failed", "cancelled", "stopped")
@@ -59,7 +59,7 @@ def _token_checker(token: str | None):
 
 
 def _registry():
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     return RunRegistry()
 
@@ -108,8 +108,8 @@ async def start_run(config: RunConfig) -> dict:
     GET /v1/runs/{id}/events for progress."""
     import re
 
-    from agent import runs as agent_runs
-    from agent.config import InputError
+    from foster.agent import runs as agent_runs
+    from foster.agent.config import InputError
 
     if config.run_id is not None and not re.match(SAFE_ID, config.run_id):
         raise ApiError(422, f"invalid request: run_id: {config.run_id!r} is not a valid run id (letters, digits, . _ - :)",
@@ -214,7 +214,7 @@ async def run_events(
 
 @runs.post("/{run_id}/cancel", status_code=202, summary="Ask a run to stop (it keeps its best bundle so far)")
 async def cancel_run(run_id: RunId) -> dict:
-    from agent import runs as agent_runs
+    from foster.agent import runs as agent_runs
 
     status = _status_or_404(run_id)
     if status.status in TERMINAL:
@@ -275,7 +275,7 @@ deployments = APIRouter(prefix="/deployments", tags=["deployments"])
 
 
 def _check_model(model: str, field: str) -> None:
-    from agent.gateway import UnknownModelError, check_model
+    from foster.agent.gateway import UnknownModelError, check_model
 
     try:
         check_model(model)
@@ -378,7 +378,7 @@ def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
     if ui:
         import gradio as gr
 
-        from ui.gradio_app import create_ui, mount_options
+        from foster.ui.gradio_app import create_ui, mount_options
 
         @app.get("/", include_in_schema=False)
         async def root() -> RedirectResponse:
@@ -410,7 +410,7 @@ def add_serve_arguments(parser) -> None:
 def run_serve(args) -> int:
     """Start `foster serve` from parsed arguments."""
     if getattr(args, "models", None):
-        from agent.gateway import load_models_file
+        from foster.agent.gateway import load_models_file
 
         load_models_file(args.models)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ui.catalog import SAFE_ID, BundleEntry, catalog
+from foster.ui.catalog import SAFE_ID, BundleEntry, catalog
 
 FILTERS = ("All", "Different", "Failures")
 FILTER_HELP = (
@@ -28,7 +28,7 @@ SUMMARY_HEADERS = ["column", "target", "variant", "fidelity", "ceiling", "calibr
 
 
 def _registry():
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     return RunRegistry()
 
@@ -83,7 +83,7 @@ def latest_run(with_grid: bool = False) -> str | None:
 
 def _nodes(progress: dict[str, float]) -> list[str]:
     try:
-        from agent.runs import NODES
+        from foster.agent.runs import NODES
     except Exception:  # the agent is optional for reading runs
         NODES = ("probe", "characterize", "mine", "optimize", "evaluate", "decide", "bundle")
     return list(NODES) + [n for n in progress if n not in NODES]
@@ -145,8 +145,8 @@ def start_run(teacher: str, targets: str, inputs_path: str | None, threshold: fl
     """Start a run in the background; (run id or None, a message for the page)."""
     from pydantic import ValidationError
 
-    from agent import runs as agent_runs
-    from agent.config import InputError, RunConfig
+    from foster.agent import runs as agent_runs
+    from foster.agent.config import InputError, RunConfig
 
     fields: dict[str, Any] = {
         "teacher": (teacher or "").strip() or None,
@@ -403,7 +403,7 @@ def _project(texts: list[str]):
     import numpy as np
 
     try:
-        from prompts.embedding import embed
+        from foster.prompts.embedding import embed
 
         vectors = embed(texts)
     except Exception:  # the map still draws without the embedding model
@@ -487,8 +487,8 @@ def cluster_map_svg(run_id: str | None, width: int = 640, height: int = 420) -> 
 def try_rows(run_id: str | None, text: str, max_workers: int = 4) -> list[list[Any]]:
     """The teacher's answer and every grid column's answer (its bundle on its target) for `text`."""
     run_id = _run_id(run_id)
-    from agent.target import ask
-    from prompts.answers import answer_key
+    from foster.agent.target import ask
+    from foster.prompts.answers import answer_key
 
     if not run_id or not (text or "").strip():
         return []
@@ -508,7 +508,7 @@ def try_rows(run_id: str | None, text: str, max_workers: int = 4) -> list[list[A
         role, model, variant, path = job
         try:
             if role == "teacher":
-                from agent.gateway import complete
+                from foster.agent.gateway import complete
 
                 return complete(model, messages=[{"role": "user", "content": text}], temperature=0.0, max_tokens=max_tokens).text, None
             bundle = catalog().load_path(path)
@@ -560,7 +560,7 @@ def bundle_download(path: str | None) -> list[str]:
 
 
 def deployment_choices() -> list[str]:
-    from ui.deployments import deployment_store
+    from foster.ui.deployments import deployment_store
 
     return [d.name for d in deployment_store().all()]
 
@@ -569,7 +569,7 @@ DIVERGENCE_HEADERS = ["time", "input", "teacher answer", "target answer", "targe
 
 
 def divergence_rows(name: str | None) -> list[list[Any]]:
-    from ui.deployments import divergences
+    from foster.ui.deployments import divergences
 
     if not name:
         return []

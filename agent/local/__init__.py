@@ -4,7 +4,7 @@
 exposes the backends to litellm as a custom provider. Nothing heavy is imported here.
 """
 
-from agent.local.registry import (
+from foster.agent.local.registry import (
     Backend,
     Generation,
     LocalRequest,

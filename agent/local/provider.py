@@ -17,8 +17,8 @@ import litellm
 from litellm.llms.custom_llm import CustomLLM, CustomLLMError
 from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
 
-from agent.local import registry
-from agent.local.registry import Generation, LocalRequest, message_text
+from foster.agent.local import registry
+from foster.agent.local.registry import Generation, LocalRequest, message_text
 
 PROVIDER = "local"
 RAW_PROMPT_FLAG = "foster_raw_prompt"

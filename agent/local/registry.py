@@ -305,10 +305,10 @@ def resolve(model: str) -> Backend:
 
 def _load(gguf: Path, adapter: Path | None, engine: str, chat: bool | None) -> Backend:
     if engine == "transformers":
-        from agent.local.peft_backend import PeftBackend
+        from foster.agent.local.peft_backend import PeftBackend
 
         return PeftBackend(gguf, adapter, chat=chat)
-    from agent.local.llama import LlamaBackend
+    from foster.agent.local.llama import LlamaBackend
 
     lora = str(adapter / "adapter.gguf") if adapter else None
     return LlamaBackend(gguf, chat=chat, lora_path=lora)

@@ -13,7 +13,7 @@ import random
 import re
 from pathlib import Path
 
-from agent.context import RunContext, stable_seed
+from foster.agent.context import RunContext, stable_seed
 
 REAL_KINDS = ("historical", "record", "corpus")
 
@@ -21,7 +21,7 @@ REAL_KINDS = ("historical", "record", "corpus")
 # -- rows ------------------------------------------------------------------------------------------
 
 def task_row(bundle, target: str, text: str, output: str, source: str, primary: bool) -> dict:
-    from agent.target import render_request
+    from foster.agent.target import render_request
 
     return {"source": source, "input": text, "output": output.strip(), "primary": primary, "truncated": False,
             "request": render_request(bundle, target, text)}
@@ -109,7 +109,7 @@ def _cached(path: Path):
 
 
 def _save(path: Path, data) -> None:
-    from store.runs import write_json_atomic
+    from foster.store.runs import write_json_atomic
 
     write_json_atomic(path, data)
 
@@ -117,7 +117,7 @@ def _save(path: Path, data) -> None:
 def synthetic_inputs(ctx: RunContext, job: Path, generator: str, real: list[str], n: int,
                      progress=None) -> list[str]:
     """`n` inputs written by the generator, each shown three real ones (cached in synthetic_candidates.json)."""
-    from prompts.templates import render
+    from foster.prompts.templates import render
 
     path = job / "synthetic_candidates.json"
     have: list[str] = _cached(path) or []
@@ -141,8 +141,8 @@ def discriminate(ctx: RunContext, job: Path, real: list[str], candidates: list[s
                  threshold: float) -> tuple[list[str], dict]:
     """Candidates the discriminator judges in-distribution, minus near-copies of any probe (held-out
     probes included, so nothing the evaluation asks leaks into training)."""
-    from agent.lora.discriminator import judge
-    from agent.probe import dedupe
+    from foster.agent.lora.discriminator import judge
+    from foster.agent.probe import dedupe
 
     uniq = [c for c in dict.fromkeys(candidates) if c]
     fresh = [p["text"] for p in dedupe([{"text": t} for t in uniq], [{"text": t} for t in avoid])]
@@ -157,7 +157,7 @@ def discriminate(ctx: RunContext, job: Path, real: list[str], candidates: list[s
 def teacher_answers(ctx: RunContext, texts: list[str], progress=None) -> tuple[list[dict], dict[str, list[dict]]]:
     """The live teacher on every (temperature, sample) of the run's plan; stored as observations the
     moment they return, and reused from the store after a crash."""
-    from store.vectors import observation_id
+    from foster.store.vectors import observation_id
 
     c = ctx.config
     plan = c.sample_plan()
@@ -198,7 +198,7 @@ def general_data(ctx: RunContext, job: Path, writer: str, target: str, n: int, m
                  progress=None, per_call: int = 5) -> list[dict]:
     """`n` general requests the writer (by default the target) writes on varied topics, each answered by
     the target itself, greedily (cached in general.json)."""
-    from prompts.templates import render
+    from foster.prompts.templates import render
 
     path = job / "general.json"
     have: list[dict] = _cached(path) or []

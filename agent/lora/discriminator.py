@@ -26,7 +26,7 @@ class Discriminator:
         self.model = None
 
     def fit(self, real: list[str], synthetic: list[str]) -> "Discriminator":
-        from prompts.embedding import embed
+        from foster.prompts.embedding import embed
 
         return self.fit_vectors(embed(real), embed(synthetic))
 
@@ -40,7 +40,7 @@ class Discriminator:
         return self
 
     def p_real(self, texts: list[str]) -> np.ndarray:
-        from prompts.embedding import embed
+        from foster.prompts.embedding import embed
 
         return self.p_real_vectors(embed(texts))
 
@@ -54,7 +54,7 @@ def judge(real: list[str], candidates: list[str], threshold: float = 0.5, folds:
           seed: int = 0) -> list[Judgement]:
     """Keep the candidates a discriminator, trained on the real inputs against the *other* candidates,
     still scores as real (P(real) >= threshold)."""
-    from prompts.embedding import embed
+    from foster.prompts.embedding import embed
 
     if not candidates:
         return []

@@ -10,8 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from agent import metrics
-from agent.context import RunContext, stable_seed
+from foster.agent import metrics
+from foster.agent.context import RunContext, stable_seed
 
 
 class AdapterAnswerCache:
@@ -33,7 +33,7 @@ class AdapterAnswerCache:
             self.flush()
 
     def flush(self) -> None:
-        from store.runs import write_json_atomic
+        from foster.store.runs import write_json_atomic
 
         if self.dirty:
             write_json_atomic(self.path, self.data)
@@ -52,7 +52,7 @@ def weights_hash(adapter_dir: str | Path | None, model: str) -> str:
 
 def forget_loaded(model: str) -> None:
     """Drop a cached backend for this adapter model, so weights rewritten in place are reloaded."""
-    from agent.local import registry
+    from foster.agent.local import registry
 
     name = registry.strip_provider(model)
     if "@" not in name:
@@ -65,7 +65,7 @@ def forget_loaded(model: str) -> None:
 
 def heldout(ctx: RunContext, job: Path, model: str, bundle_path: str, state: dict, adapter_dir: str | None) -> tuple[dict, list, dict]:
     """(summary, grid columns, grid answers) for the adapter model on the run's held-out probes."""
-    from agent.evaluate import evaluate_target
+    from foster.agent.evaluate import evaluate_target
 
     cache = AdapterAnswerCache(job / f"answers-{weights_hash(adapter_dir, model)}.json")
     summary, columns, answers = evaluate_target(ctx, cache, model, [{"name": "lora", "path": bundle_path}],
@@ -75,7 +75,7 @@ def heldout(ctx: RunContext, job: Path, model: str, bundle_path: str, state: dic
 
 
 def general_prompts() -> list[str]:
-    from prompts.templates import render
+    from foster.prompts.templates import render
 
     return [p.strip() for p in render("lora", "general_prompts").splitlines() if p.strip()]
 

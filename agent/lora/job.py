@@ -107,7 +107,7 @@ def read_job(path: Path) -> LoraJob | None:
 
 
 def write_job(path: Path, job: LoraJob, **changes: Any) -> LoraJob:
-    from store.runs import write_json_atomic
+    from foster.store.runs import write_json_atomic
 
     job = job.model_copy(update={**changes, "updated_at": time.time()})
     write_json_atomic(Path(path) / "job.json", job.model_dump())
@@ -116,7 +116,7 @@ def write_job(path: Path, job: LoraJob, **changes: Any) -> LoraJob:
 
 def job_status(run_id: str, target: str | None = None) -> LoraJob | None:
     """The run's LoRA job (the most recently updated one when no target is named)."""
-    from store.runs import RunRegistry
+    from foster.store.runs import RunRegistry
 
     root = RunRegistry().run_dir(run_id) / "lora"
     if target:

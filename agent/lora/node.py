@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from agent.context import RunContext, StopRun, context, node_timer
-from agent.lora.job import LoraJob, LoraOptions, job_dir, read_job, write_job
+from foster.agent.context import RunContext, StopRun, context, node_timer
+from foster.agent.lora.job import LoraJob, LoraOptions, job_dir, read_job, write_job
 
 # Hugging Face ids of the embedded bases, written into adapter_config.json so a vLLM server (or PEFT)
 # knows which base the adapter belongs to.
@@ -49,7 +49,7 @@ def base_weights(target: str, options: LoraOptions) -> Path:
     """The weights training starts from: the target's GGUF (or --base-weights)."""
     if options.base_weights:
         return Path(options.base_weights)
-    from agent.local import registry
+    from foster.agent.local import registry
 
     t = registry.parse(target)
     if t.registered is not None:
@@ -63,8 +63,8 @@ def base_weights(target: str, options: LoraOptions) -> Path:
 def build_bundle(ctx: RunContext, state: dict, target: str, job: Path) -> str:
     """The adapter's bundle: the task's system prompt and no examples. Training renders every task row
     through it, evaluation scores through it, serving applies it."""
-    from prompts.bundle import Bundle, ExampleSelection, OutputContract
-    from prompts.templates import render
+    from foster.prompts.bundle import Bundle, ExampleSelection, OutputContract
+    from foster.prompts.templates import render
 
     spec = state["spec"]
     closed = spec["answer_kind"] == "closed"
@@ -85,8 +85,8 @@ def build_bundle(ctx: RunContext, state: dict, target: str, job: Path) -> str:
 def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: Listener | None = None,
                  show_bar: bool = False) -> dict:
     """Data → training (or JSONL) → evaluation for one target; returns the report's "lora" section."""
-    from agent import gateway
-    from agent.lora import data
+    from foster.agent import gateway
+    from foster.agent.lora import data
 
     target = choose_target(ctx, state, options)
     job = job_dir(ctx.dir, target)
@@ -105,7 +105,7 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
     base = base_weights(target, options) if local else None  # fail before spending any call
     t0 = time.time()
     bundle_path = build_bundle(ctx, state, target, job)
-    from prompts.bundle import Bundle
+    from foster.prompts.bundle import Bundle
 
     bundle = Bundle.load(bundle_path)
     rows, info = data.build(ctx, state, job, bundle, target, options, progress=progress)
@@ -116,7 +116,7 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
         return {**section, **_provider_job(ctx, job, status, rows, target, options), "seconds": secs}
 
     # -- train in-process
-    from agent.lora import train as trainer
+    from foster.agent.lora import train as trainer
 
     alias = target.removeprefix("local/").split("@")[0]
     cfg = trainer.TrainConfig(steps=options.steps, seconds=options.seconds, batch_size=options.batch_size,
@@ -153,7 +153,7 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
     section["adapter_gguf"] = None
     if base.suffix == ".gguf":
         status = write_job(job, status, phase="convert")
-        from agent.lora.gguf import base_architecture, convert
+        from foster.agent.lora.gguf import base_architecture, convert
 
         try:
             section["adapter_gguf"] = str(convert(adapter_dir, arch=base_architecture(base)))
@@ -174,7 +174,7 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
 def _provider_job(ctx: RunContext, job: Path, status: LoraJob, rows: list[dict], target: str,
                   options: LoraOptions) -> dict:
     """Remote targets: the fine-tuning JSONL, validated; submitted when asked."""
-    from agent.lora import openai_ft
+    from foster.agent.lora import openai_ft
 
     path = openai_ft.write_jsonl(rows, job / "train.jsonl")
     out = {"kind": "provider", "jsonl": str(path), "submitted": False}
@@ -196,8 +196,8 @@ def _provider_job(ctx: RunContext, job: Path, status: LoraJob, rows: list[dict],
 
 def refresh_provider_job(run_id: str, target: str) -> LoraJob:
     """Ask the provider how a submitted fine-tuning job is doing; job.json follows."""
-    from agent.lora import openai_ft
-    from store.runs import RunRegistry
+    from foster.agent.lora import openai_ft
+    from foster.store.runs import RunRegistry
 
     run_dir = RunRegistry().run_dir(run_id)
     job = job_dir(run_dir, target)
@@ -215,8 +215,8 @@ def refresh_provider_job(run_id: str, target: str) -> LoraJob:
 def evaluate(ctx: RunContext, state: dict, job: Path, target: str, model: str, bundle_path: str,
              adapter_dir: str | None, progress: Listener) -> dict:
     """Held-out figures (like a bundle's) and the general-capability check for the adapter model."""
-    from agent.lora import evaluate as lev
-    from store.runs import write_json_atomic
+    from foster.agent.lora import evaluate as lev
+    from foster.store.runs import write_json_atomic
 
     lev.forget_loaded(model)
     progress("evaluate", 0, 1, "held-out probes")
@@ -234,7 +234,7 @@ def evaluate(ctx: RunContext, state: dict, job: Path, target: str, model: str, b
 
 
 def _merge_grid(ctx: RunContext, columns: list[dict], answers: dict) -> None:
-    from store.runs import write_json_atomic
+    from foster.store.runs import write_json_atomic
 
     path = ctx.dir / "grid.json"
     grid = json.loads(path.read_text()) if path.exists() else {"columns": [], "rows": []}
@@ -260,7 +260,7 @@ def outcome(ctx: RunContext, state: dict, section: dict) -> tuple[dict, dict, st
     section["beats_best_bundle"] = bundle_f is None or section["fidelity"] > bundle_f
     section["meets_threshold"] = section["fidelity"] >= ctx.config.threshold
     if section["beats_best_bundle"]:
-        from prompts.bundle import Bundle
+        from foster.prompts.bundle import Bundle
 
         best = {"target": section["model"], "variant": "lora", "path": section["bundle"],
                 "fidelity": section["fidelity"], "bundle_id": Bundle.load(section["bundle"]).id,
@@ -313,8 +313,8 @@ def lora(state: dict) -> dict:
 
 def run_state(run_id: str) -> dict:
     """The graph state of a run, from its checkpoint."""
-    from agent.graph import build_graph
-    from store.checkpoints import checkpointer
+    from foster.agent.graph import build_graph
+    from foster.store.checkpoints import checkpointer
 
     graph = build_graph(checkpointer())
     return dict(graph.get_state({"configurable": {"thread_id": run_id}}).values)
@@ -323,9 +323,9 @@ def run_state(run_id: str) -> dict:
 def run_lora(run_id: str, options: LoraOptions | None = None, listener: Listener | None = None,
              show_bar: bool = True) -> dict:
     """The fallback on a finished run: train, evaluate, and record the result in its report and best artifact."""
-    from agent.config import InputError
-    from agent.context import drop_context
-    from store.runs import RunRegistry
+    from foster.agent.config import InputError
+    from foster.agent.context import drop_context
+    from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
     if not reg.exists(run_id):
@@ -333,7 +333,7 @@ def run_lora(run_id: str, options: LoraOptions | None = None, listener: Listener
     state = run_state(run_id)
     if not state.get("spec") or not state.get("evaluation"):
         raise InputError(f"run {run_id} has not been evaluated yet (finish it with `foster resume {run_id}`)")
-    from store.runs import write_json_atomic
+    from foster.store.runs import write_json_atomic
 
     ctx = context(state)
     if options is not None:
@@ -349,10 +349,10 @@ def run_lora(run_id: str, options: LoraOptions | None = None, listener: Listener
 def record(ctx: RunContext, state: dict, update: dict) -> None:
     """What the bundle node would write after lora: report.json|md with the "lora" section, best_bundle
     when the adapter won, and the run's status figures."""
-    from agent.lora.report import lora_markdown
-    from agent.report import markdown
-    from prompts.bundle import Bundle
-    from store.runs import write_json_atomic, write_text_atomic
+    from foster.agent.lora.report import lora_markdown
+    from foster.agent.report import markdown
+    from foster.prompts.bundle import Bundle
+    from foster.store.runs import write_json_atomic, write_text_atomic
 
     report = ctx.registry.read_json(ctx.run_id, "report.json") or dict(state.get("evaluation") or {})
     ev = update["evaluation"]

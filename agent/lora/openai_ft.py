@@ -97,7 +97,7 @@ def _provider(model: str) -> tuple[str, str, dict]:
     """(provider model name, litellm provider, credentials) for a model string or a registered spec."""
     import litellm
 
-    from agent.gateway import model_spec
+    from foster.agent.gateway import model_spec
 
     spec = model_spec(model)
     name, provider, _, _ = litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)

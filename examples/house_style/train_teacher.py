@@ -24,7 +24,7 @@ import random
 import time
 from pathlib import Path
 
-from agent.lora.train import collate, forced_accuracy  # the shared training helpers
+from foster.agent.lora.train import collate, forced_accuracy  # the shared training helpers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -63,7 +63,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def load_base():
-    from agent.lora.train import load_base as load
+    from foster.agent.lora.train import load_base as load
 
     return load(base_gguf())
 
@@ -162,7 +162,7 @@ def char_similarity(a: str, b: str) -> float:
 def _answer(model: str, text: str, temperature: float = 0.0, seed: int = 0, system: str | None = None) -> str:
     """One answer through foster's gateway, i.e. served the way foster serves the teacher
     (llama.cpp with the GGUF adapter and the workarounds agent/local/llama.py needs on this CPU)."""
-    from agent.gateway import complete
+    from foster.agent.gateway import complete
 
     msgs = ([{"role": "system", "content": system}] if system else []) + messages(text)
     return complete(model, messages=msgs, temperature=temperature, max_tokens=MAX_NEW_TOKENS, seed=seed).text.strip()
@@ -178,7 +178,7 @@ def evaluate() -> dict:
     import sys
 
     sys.path.insert(0, str(HERE.parents[1]))
-    from agent.metrics import text_similarity
+    from foster.agent.metrics import text_similarity
 
     gold = read_jsonl(DATA / "gold.jsonl")
     inputs, refs = [r["input"] for r in gold], [r["output"] for r in gold]

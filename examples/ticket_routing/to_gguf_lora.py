@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from agent.lora.gguf import convert as _convert
+from foster.agent.lora.gguf import convert as _convert
 
 
 def convert(adapter_dir: str | Path, out_path: str | Path | None = None, dtype: str = "f16") -> Path:

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.lora.train import collate, forced_accuracy  # the shared training helpers
+from foster.agent.lora.train import collate, forced_accuracy  # the shared training helpers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -61,7 +61,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def load_base():
-    from agent.lora.train import load_base as load
+    from foster.agent.lora.train import load_base as load
 
     return load(base_gguf())
 
