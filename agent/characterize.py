@@ -5,8 +5,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from langgraph.runtime import Runtime
+
 from foster.agent import metrics
-from foster.agent.context import context, node_timer
+from foster.agent.context import RunContext, node_timer
+from foster.agent.state import State
 
 REFUSAL = re.compile(r"\b(i can(no|')t|i am unable|i'm unable|i won't|as an ai|i'm sorry|i apologi[sz]e)\b", re.I)
 HEDGE = re.compile(r"\b(maybe|perhaps|not sure|it depends|possibly|might be|i think)\b", re.I)
@@ -147,9 +150,9 @@ def export_spec(run_dir: Path, spec: dict, probes: list[dict], threshold: float,
     return d
 
 
-def characterize(state: dict) -> dict:
+def characterize(state: State, runtime: Runtime[RunContext]) -> dict:
     """Turn the teacher's observations into the behavioural spec and export it as an acceptance test."""
-    ctx = context(state)
+    ctx = runtime.context
     ctx.registry.update(ctx.run_id, node="characterize")
     with node_timer(state, "characterize") as times:
         probes = [dict(p) for p in state["probes"]]

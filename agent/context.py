@@ -1,42 +1,56 @@
-"""Per-run services a node needs: config, registry, vector store, ledger, caps, progress."""
+"""A run's services for one invocation of its graph: config, registry, vector store, ledger, caps, progress.
+
+`execute` (agent/runs.py) builds one RunContext per invocation and hands it to LangGraph
+(`graph.stream(..., context=ctx)`); every node receives it as `runtime.context`. Nothing about a run
+is kept in module globals, so a second run (or a resume) in the same process starts clean.
+"""
 from __future__ import annotations
 
 import hashlib
 import time
 from contextlib import contextmanager
-from functools import lru_cache
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from foster.agent.config import RunConfig
+
+# A LoRA job reports its phases (data, train, evaluate) to whoever started it: the CLI draws bars.
+Listener = Callable[[str, int, int, str], None]
 
 
 class StopRun(Exception):
     """A cap was hit or the run was cancelled: stop cleanly with the best bundle so far."""
 
 
-def register_endpoints(config: RunConfig) -> None:
-    """A self-hosted OpenAI-compatible server is a first-class teacher or target: its endpoint comes with it."""
-    from foster.agent import gateway
-
-    for model, ep in config.endpoints.items():
-        gateway.register_model_spec(gateway.ModelSpec(name=model, model=model, **ep))
-
-
+@dataclass
 class RunContext:
-    def __init__(self, run_id: str, config: dict, prior_usage: dict | None = None):
+    """What every node of one run gets from LangGraph's Runtime (`runtime.context`)."""
+
+    run_id: str
+    config: RunConfig
+    registry: Any  # foster.store.runs.RunRegistry (imported lazily: store is heavy to import)
+    ledger: Any  # foster.agent.gateway.Ledger: this invocation's calls
+    models: Any  # foster.agent.gateway.Models: this run's models file and endpoints (its gateway view)
+    prior_usage: dict = field(default_factory=dict)  # earlier invocations' usage, from the checkpoint
+    listener: Listener | None = None  # LoRA phases, for a caller that shows progress
+    show_bar: bool = False  # LoRA training draws its own progress bar
+    _store: Any = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def open(cls, run_id: str, prior_usage: dict | None = None, **kw) -> RunContext:
+        """The run's services; its config is read from the run directory's config.json."""
         from foster.agent import gateway
         from foster.store.runs import RunRegistry
 
-        self.run_id = run_id
-        self.config = RunConfig.model_validate(config)
-        self.registry = RunRegistry()
-        self.dir = self.registry.run_dir(run_id)
-        self.ledger = gateway.Ledger()
-        self.prior_usage = prior_usage or {}
-        if self.config.models_file:
-            gateway.load_models_file(self.config.models_file)
-        register_endpoints(self.config)
-        self._store = None
+        registry = RunRegistry()
+        config = RunConfig.model_validate(registry.config(run_id))
+        return cls(run_id=run_id, config=config, registry=registry, ledger=gateway.Ledger(),
+                   models=gateway.Models.for_run(config.models_file, config.endpoints),
+                   prior_usage=dict(prior_usage or {}), **kw)
+
+    @property
+    def dir(self):
+        return self.registry.run_dir(self.run_id)
 
     @property
     def store(self):
@@ -48,7 +62,7 @@ class RunContext:
 
     # -- usage and caps -------------------------------------------------------------------------
     def usage(self) -> dict[str, dict[str, Any]]:
-        """Prior rounds' usage (from the checkpoint) plus this process's."""
+        """Prior invocations' usage (from the checkpoint) plus this one's."""
         out = {m: dict(u) for m, u in self.prior_usage.items()}
         for m, u in self.ledger.snapshot().items():
             agg = out.setdefault(m, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "seconds": 0.0})
@@ -73,12 +87,21 @@ class RunContext:
         if c.max_cost is not None and cost >= c.max_cost:
             raise StopRun(f"cost cap reached (${cost:.4f} >= ${c.max_cost})")
 
+    @contextmanager
+    def scope(self):
+        """Model calls made inside (also by libraries such as DSPy) count on this run's ledger and resolve
+        names through this run's models; nothing is left installed when the block ends."""
+        from foster.agent import gateway
+
+        with gateway.use_ledger(self.ledger), gateway.use_models(self.models):
+            yield self
+
     def complete(self, model: str, **kw):
         """Every model call a node makes: caps checked first, usage on the run's ledger."""
         from foster.agent import gateway
 
         self.check()
-        with gateway.use_ledger(self.ledger):
+        with self.scope():
             return gateway.complete(model, **kw)
 
     # -- progress --------------------------------------------------------------------------------
@@ -105,19 +128,3 @@ def node_timer(state: dict, node: str):
 
 def stable_seed(*parts: Any) -> int:
     return int(hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
-_contexts: dict[str, RunContext] = {}
-
-
-def context(state: dict) -> RunContext:
-    """One RunContext per run per process (a resumed run gets a fresh one)."""
-    rid = state["run_id"]
-    ctx = _contexts.get(rid)
-    if ctx is None:
-        ctx = _contexts[rid] = RunContext(rid, state["config"], state.get("usage"))
-    return ctx
-
-
-def drop_context(run_id: str) -> None:
-    _contexts.pop(run_id, None)

@@ -7,8 +7,11 @@ import threading
 import time
 from collections import defaultdict
 
+from langgraph.runtime import Runtime
+
 from foster.agent import metrics
-from foster.agent.context import RunContext, StopRun, context, node_timer, stable_seed
+from foster.agent.context import RunContext, StopRun, node_timer, stable_seed
+from foster.agent.state import State
 from foster.agent.target import ask
 
 _cache_lock = threading.Lock()
@@ -187,11 +190,11 @@ def build_report(ctx: RunContext, state: dict, per_target: dict, method: str) ->
     }
 
 
-def evaluate(state: dict) -> dict:
+def evaluate(state: State, runtime: Runtime[RunContext]) -> dict:
     """Score every exported variant on every target on the held-out probes; write grid.json and report.json."""
     from foster.store.runs import write_json_atomic
 
-    ctx = context(state)
+    ctx = runtime.context
     ctx.registry.update(ctx.run_id, node="evaluate")
     with node_timer(state, "evaluate") as times:
         cache = AnswerCache(ctx)

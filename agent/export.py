@@ -4,8 +4,11 @@ from __future__ import annotations
 import shutil
 import time
 
-from foster.agent.context import context
+from langgraph.runtime import Runtime
+
+from foster.agent.context import RunContext
 from foster.agent.report import markdown
+from foster.agent.state import State
 
 
 def relabel_disagreements(state: dict) -> list[dict]:
@@ -24,12 +27,12 @@ def relabel_disagreements(state: dict) -> list[dict]:
     return out
 
 
-def bundle(state: dict) -> dict:
+def bundle(state: State, runtime: Runtime[RunContext]) -> dict:
     """Write best_bundle.json|md (with the report inside) and report.json|md."""
     from foster.prompts.bundle import Bundle
     from foster.store.runs import write_json_atomic, write_text_atomic
 
-    ctx = context(state)
+    ctx = runtime.context
     report = dict(state.get("evaluation") or {})
     status = ctx.registry.get(ctx.run_id)
     report.update({"verdict": state.get("verdict"), "rounds": state.get("round"), "history": state.get("history"),
@@ -47,6 +50,9 @@ def bundle(state: dict) -> dict:
                                             "answer_kind") if k in report}
         b.report["target"] = best["target"]
         b.report["fidelity"] = best["fidelity"]
+        if best.get("adapter"):  # the LoRA fallback won: the bundle applies only with its adapter
+            b.report["adapter"] = best["adapter"]
+            b.report["general_capability"] = report["lora"]["general_capability"]["agreement"]
         b.report["by_target"] = {t: {"zero_shot": (s.get("zero_shot") or {}).get("fidelity"),
                                      "best": s["best"]["fidelity"], "ceiling": s.get("ceiling"),
                                      "calibration_gap": s.get("calibration_gap")}
@@ -58,6 +64,8 @@ def bundle(state: dict) -> dict:
     figures = {t: {"zero_shot": (s.get("zero_shot") or {}).get("fidelity"), "best": s["best"]["fidelity"],
                    "ceiling": s.get("ceiling"), "calibration_gap": s.get("calibration_gap")}
                for t, s in report.get("targets", {}).items()}
+    if "fidelity" in (report.get("lora") or {}):
+        figures.setdefault(report["lora"]["target"], {})["lora"] = report["lora"]["fidelity"]
     ctx.registry.update(ctx.run_id, node="bundle", verdict=state.get("verdict"), best_bundle=best_path, figures=figures)
     ctx.registry.append_event(ctx.run_id, "bundle", "end", f"verdict: {state.get('verdict')}", progress=1.0)
     return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 
 from foster.agent.characterize import characterize
+from foster.agent.context import RunContext
 from foster.agent.decide import decide, route
 from foster.agent.evaluate import evaluate
 from foster.agent.export import bundle
@@ -11,19 +12,16 @@ from foster.agent.lora.node import lora
 from foster.agent.mine import mine
 from foster.agent.optimize_node import optimize
 from foster.agent.probe import probe
-from foster.agent.state import InputState, State
+from foster.agent.state import NODES, InputState, State
+
+_BODIES = {"probe": probe, "characterize": characterize, "mine": mine, "optimize": optimize, "evaluate": evaluate,
+           "decide": decide, "lora": lora, "bundle": bundle}
 
 
 def build_graph(checkpointer=None):
-    g = StateGraph(State, input_schema=InputState)
-    g.add_node("probe", probe)
-    g.add_node("characterize", characterize)
-    g.add_node("mine", mine)
-    g.add_node("optimize", optimize)
-    g.add_node("evaluate", evaluate)
-    g.add_node("decide", decide)
-    g.add_node("lora", lora)
-    g.add_node("bundle", bundle)
+    g = StateGraph(State, input_schema=InputState, context_schema=RunContext)
+    for name in NODES:
+        g.add_node(name, _BODIES[name])
 
     g.add_edge(START, "probe")
     g.add_edge("probe", "characterize")

@@ -7,7 +7,10 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from foster.agent.context import RunContext, StopRun, context, node_timer
+from langgraph.runtime import Runtime
+
+from foster.agent.context import RunContext, StopRun, node_timer
+from foster.agent.state import State
 
 WORD = re.compile(r"[a-z][a-z']+")
 STOP = set("""a an the and or but to of in on for with is are was were be been it this that my me i you your we
@@ -148,9 +151,9 @@ def build_candidates(ctx: RunContext, state: dict) -> list[dict]:
     return out
 
 
-def mine(state: dict) -> dict:
+def mine(state: State, runtime: Runtime[RunContext]) -> dict:
     """Mine candidate bundles (system prompt + fixed or retrieved examples) from the spec."""
-    ctx = context(state)
+    ctx = runtime.context
     ctx.registry.update(ctx.run_id, node="mine")
     with node_timer(state, "mine") as times:
         try:

@@ -1,16 +1,19 @@
 """optimize (node): DSPy against each target, starting from the best mined candidate."""
 from __future__ import annotations
 
-from foster.agent.context import StopRun, context, node_timer
+from langgraph.runtime import Runtime
+
+from foster.agent.context import RunContext, StopRun, node_timer
+from foster.agent.state import State
 from foster.agent.target import is_completion
 
 
-def optimize(state: dict) -> dict:
+def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
     """Run the configured DSPy optimizer per target within its call budget; export each result as a bundle."""
     from foster.agent.optimize import TrainItem, optimize as run_optimizer
     from foster.prompts.bundle import Bundle
 
-    ctx = context(state)
+    ctx = runtime.context
     ctx.registry.update(ctx.run_id, node="optimize")
     c = ctx.config
     rnd = state.get("round", 1)

@@ -5,8 +5,11 @@ import json
 import random
 import re
 
-from foster.agent.context import RunContext, StopRun, context, node_timer, stable_seed
+from langgraph.runtime import Runtime
+
+from foster.agent.context import RunContext, StopRun, node_timer, stable_seed
 from foster.agent.inputs import read_jsonl
+from foster.agent.state import State
 
 KINDS = ("variation", "edge", "adjacent", "ambiguous", "out_of_domain")
 DEDUP_COSINE = 0.92
@@ -165,9 +168,9 @@ def _load_or_build_probes(ctx: RunContext, state: dict, rnd: int) -> list[dict]:
     return new
 
 
-def probe(state: dict) -> dict:
+def probe(state: State, runtime: Runtime[RunContext]) -> dict:
     """Build (or extend) the probe set and sample the teacher on every probe."""
-    ctx = context(state)
+    ctx = runtime.context
     rnd = int(state.get("round") or 0) + 1
     ctx.registry.update(ctx.run_id, node="probe", round=rnd)
     with node_timer(state, "probe") as times:

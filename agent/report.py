@@ -43,8 +43,9 @@ def markdown(report: dict) -> str:
                        f"e.g. {'; '.join(repr(e) for e in cl['examples'])}")
         out.append("")
     if report.get("lora"):
-        lo = report["lora"]
-        out += ["## LoRA fallback", "", "```", str(lo), "```", ""]
+        from foster.agent.lora.report import lora_markdown
+
+        out.append(lora_markdown(report["lora"]))
     out += ["## Usage", "", "| model | calls | prompt tok | completion tok | cost | seconds |", "|---|---|---|---|---|---|"]
     for m, u in (report.get("usage") or {}).items():
         out.append(f"| {m} | {u.get('calls')} | {u.get('prompt_tokens')} | {u.get('completion_tokens')} | "

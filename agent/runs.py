@@ -11,25 +11,19 @@ from typing import Callable, Iterator
 
 from foster.agent.config import InputError, RunConfig
 
-NODES = ("probe", "characterize", "mine", "optimize", "evaluate", "decide", "bundle")
-
 
 def validate(config: RunConfig) -> None:
     """Everything that can be checked before anything is written: models exist, input files parse."""
     from foster.agent import gateway
     from foster.agent.inputs import read_jsonl
 
-    from foster.agent.context import register_endpoints
-
-    if config.models_file:
-        gateway.load_models_file(config.models_file)
-    register_endpoints(config)
+    run_models = gateway.Models.for_run(config.models_file, config.endpoints)  # this run's only: nothing registered
     for flag, models in (("--teacher", [config.teacher]), ("--target", config.targets),
                          ("--generator", [config.generator]), ("--miner", [config.miner]), ("--judge", [config.judge])):
         for m in models:
             if m:
                 try:
-                    gateway.check_model(m)
+                    gateway.check_model(m, run_models)
                 except gateway.UnknownModelError as e:
                     raise InputError(f"{flag} {m}: {e}") from None
     if config.inputs:
@@ -61,33 +55,48 @@ def create_run(config: RunConfig) -> str:
     return run_id
 
 
-def execute(run_id: str, on_event: Callable[[dict], None] | None = None) -> dict:
-    """Run (or continue, from its last checkpoint) a run's graph in this process."""
-    from foster.agent.context import drop_context
+def _thread(run_id: str) -> dict:
+    return {"configurable": {"thread_id": run_id}, "recursion_limit": 100}
+
+
+def run_state(run_id: str) -> dict:
+    """A run's graph state, from its checkpoint (the one way to read it: CLI, LoRA, bench)."""
+    from foster.agent.graph import build_graph
+    from foster.store.checkpoints import checkpointer
+
+    return dict(build_graph(checkpointer()).get_state(_thread(run_id)).values)
+
+
+def execute(run_id: str, on_event: Callable[[dict], None] | None = None, graph=None, **context) -> dict:
+    """Run (or continue, from its last checkpoint) a run's graph in this process.
+
+    The run's services are built here, for this invocation only, and reach every node through
+    LangGraph's Runtime; `context` adds to them (a LoRA listener). `graph` is a compiled graph whose
+    state was just forked (`foster lora RUN`); by default the run's own checkpointed graph.
+    """
+    from foster.agent.context import RunContext
     from foster.agent.graph import build_graph
     from foster.store.checkpoints import checkpointer
     from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
-    config = reg.config(run_id)
-    graph = build_graph(checkpointer())
-    cfg = {"configurable": {"thread_id": run_id}, "recursion_limit": 100}
+    graph = graph or build_graph(checkpointer())
+    cfg = _thread(run_id)
     snapshot = graph.get_state(cfg)
-    inputs = None if snapshot.next else {"run_id": run_id, "config": config}
+    inputs = None if snapshot.next else {"run_id": run_id}
     if snapshot.values and not snapshot.next:
         return snapshot.values  # already finished
+    ctx = RunContext.open(run_id, prior_usage=snapshot.values.get("usage"), **context)
     reg.update(run_id, status="running", error=None)
     reg.append_event(run_id, None, "start", "resumed" if inputs is None else "started")
     try:
-        for mode, chunk in graph.stream(inputs, cfg, stream_mode=["updates", "custom"]):
+        for mode, chunk in graph.stream(inputs, cfg, stream_mode=["updates", "custom"], context=ctx):
             if on_event:
                 on_event({"mode": mode, "chunk": chunk})
     except BaseException as e:
         reg.update(run_id, status="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
         reg.append_event(run_id, None, "error", traceback.format_exc(limit=3))
         raise
-    finally:
-        drop_context(run_id)
     values = graph.get_state(cfg).values
     final = "cancelled" if (values.get("stop_reason") == "cancelled") else \
         ("stopped" if values.get("stop_reason") else "done")

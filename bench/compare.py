@@ -172,9 +172,7 @@ def _o200k(text: str) -> int:
 
 def run_foster(domain: Domain, settings: Settings, target: str) -> dict:
     """One foster run; returns its report, final graph state and what it spent."""
-    from foster.agent.graph import build_graph
-    from foster.agent.runs import start_run
-    from foster.store.checkpoints import checkpointer
+    from foster.agent.runs import run_state, start_run
     from foster.store.runs import RunRegistry
 
     config = {"teacher": domain.teacher, "targets": [target], "inputs": domain.inputs, "task": domain.task,
@@ -187,7 +185,7 @@ def run_foster(domain: Domain, settings: Settings, target: str) -> dict:
         run_id = start_run(config)
     run_dir = RunRegistry().run_dir(run_id)
     report = json.loads((run_dir / "report.json").read_text())
-    state = build_graph(checkpointer()).get_state({"configurable": {"thread_id": run_id}}).values
+    state = run_state(run_id)
     answers = run_dir / "answers.json"
     eval_calls = len(json.loads(answers.read_text())) if answers.exists() else 0
     return {"run_id": run_id, "run_dir": str(run_dir), "config": config, "report": report, "state": state,

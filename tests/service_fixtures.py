@@ -9,6 +9,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from foster.agent.state import NODES
+
 RUN_ID = "fixture-run"
 TEACHER = "local/fake-teacher"
 TARGET = "local/fake-target"
@@ -94,7 +96,7 @@ def make_run(home: Path, run_id: str = RUN_ID, status: str = "done", target: str
                               "path": str(made["best_path"])}}
     (run_dir / "report.json").write_text(json.dumps(report))
     now = time.time()
-    nodes = ["probe", "characterize", "mine", "optimize", "evaluate", "decide", "bundle"]
+    nodes = [n for n in NODES if n != "lora"]  # a run whose prompting met the threshold
     (run_dir / "status.json").write_text(json.dumps({
         "run_id": run_id, "status": status, "node": "bundle" if status == "done" else "optimize", "round": 1,
         "progress": {n: 1.0 for n in nodes} if status == "done" else {"probe": 1.0, "characterize": 1.0, "mine": 1.0, "optimize": 0.4},

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import fakes  # noqa: E402
 
-from foster.agent.decide import route, verdict  # noqa: E402
+from foster.agent.decide import next_node, route, verdict  # noqa: E402
 
 
 def write_jsonl(path: Path, rows) -> str:
@@ -46,8 +46,11 @@ def test_verdict_still_improving():
 def test_verdict_plateau():
     assert verdict([0.5, 0.51], 0.9, 2, 3, 0.02) == "plateau below threshold"  # gain < δ
     assert verdict([0.5, 0.7], 0.9, 3, 3, 0.02) == "plateau below threshold"  # out of rounds
-    assert route({"verdict": "plateau below threshold", "config": {}}) == "lora"
-    assert route({"verdict": "plateau below threshold", "config": {"lora_fallback": False}}) == "bundle"
+    assert next_node("plateau below threshold", lora_fallback=True) == "lora"
+    assert next_node("plateau below threshold", lora_fallback=False) == "bundle"
+    # the router follows decide's choice (kept in state, so a fork at decide can name it)
+    assert route({"verdict": "plateau below threshold", "next": "bundle"}) == "bundle"
+    assert route({"verdict": "threshold met", "next": "lora"}) == "lora"
 
 
 def test_verdict_stopped_by_cap():

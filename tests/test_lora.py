@@ -237,6 +237,14 @@ SYNTHETIC_OFF = ["write a poem about the sea", "what is the capital of Peru", "h
 
 # -- the node ----------------------------------------------------------------------------------------
 
+def _lora(state: dict) -> dict:
+    """The lora node's body with the run's services, as LangGraph's Runtime hands them to it."""
+    from foster.agent.context import RunContext
+    from foster.agent.lora.node import step
+
+    return step(RunContext.open(state["run_id"]), state)
+
+
 def _fake_state(tmp_path, config: dict, run_id: str, options) -> dict:
     """A run as the graph leaves it at the plateau: probes, teacher samples, spec, a 0.5 best bundle."""
     from foster.agent.characterize import build_spec
@@ -255,7 +263,7 @@ def _fake_state(tmp_path, config: dict, run_id: str, options) -> dict:
     target = config["targets"][0]
     (reg.run_dir(run_id) / "lora").mkdir()
     (reg.run_dir(run_id) / "lora" / "options.json").write_text(options.model_dump_json())
-    return {"run_id": run_id, "config": config, "probes": probes, "teacher": obs, "spec": build_spec(probes, obs),
+    return {"run_id": run_id, "probes": probes, "teacher": obs, "spec": build_spec(probes, obs),
             "best": {"target": target, "variant": "mined-knn", "path": "x", "fidelity": 0.5},
             "evaluation": {"targets": {target: {"best": {"fidelity": 0.5}}}}, "verdict": "plateau below threshold",
             "round": 2, "history": [0.5, 0.5]}
@@ -290,7 +298,7 @@ def test_lora_node_on_fakes(tiny_model, tmp_path, fake_model, monkeypatch):
         steps=3, batch_size=4, synthetic=30, mix=0.4, base_weights=str(tiny_model), checkpoint_every=2))
     reg = RunRegistry()
 
-    update = node.lora(state)
+    update = _lora(state)
     lo = update["evaluation"]["lora"]
     assert lo["status"] == "done", lo
     d = lo["data"]
@@ -310,7 +318,7 @@ def test_lora_node_on_fakes(tiny_model, tmp_path, fake_model, monkeypatch):
     assert job["status"] == "done" and job["step"] == 3
     asked = t_backend.calls
     # a second run of the node asks the teacher nothing new: synthetic answers come from the store
-    update2 = node.lora(state)
+    update2 = _lora(state)
     assert update2["evaluation"]["lora"]["status"] == "done"
     assert t_backend.calls == asked
     assert update2["evaluation"]["lora"]["training"]["resumed_from"] == 3
@@ -328,7 +336,7 @@ def test_remote_target_gets_a_validated_jsonl_and_a_tracked_job(tmp_path, fake_m
     teacher, _ = fake_model(fakes.teacher, "fake-teacher")
     opts = LoraOptions(synthetic=0, mix=0.0)
     state = _fake_state(tmp_path, {"teacher": teacher, "targets": ["openai/gpt-4o-mini"]}, "lora-remote", opts)
-    lo = node.lora(state)["evaluation"]["lora"]
+    lo = _lora(state)["evaluation"]["lora"]
     assert (lo["status"], lo["kind"], lo["submitted"]) == ("written", "provider", False), lo
     assert validate_jsonl(lo["jsonl"]) == []
     job = job_status("lora-remote")
@@ -342,14 +350,11 @@ def test_remote_target_gets_a_validated_jsonl_and_a_tracked_job(tmp_path, fake_m
         "status": "succeeded", "fine_tuned_model": "ft:gpt-4o-mini:acme::x"})())
     (Path(os.environ["FOSTER_HOME"]) / "runs" / "lora-remote" / "lora" / "options.json").write_text(
         opts.model_copy(update={"submit": True}).model_dump_json())
-    from foster.agent.context import drop_context
-
-    drop_context("lora-remote")
-    lo = node.lora(state)["evaluation"]["lora"]
+    lo = _lora(state)["evaluation"]["lora"]
     assert (lo["submitted"], lo["provider_job_id"], lo["status"]) == (True, "ftjob-1", "queued")
     assert calls[0][1]["purpose"] == "fine-tune" and calls[1][1]["training_file"] == "file-1"
     assert calls[1][1]["model"] == "gpt-4o-mini"
-    node.lora(state)  # already submitted: never twice
+    _lora(state)  # already submitted: never twice
     assert len(calls) == 2
     job = node.refresh_provider_job("lora-remote", "openai/gpt-4o-mini")
     assert (job.status, job.fine_tuned_model) == ("done", "ft:gpt-4o-mini:acme::x")
@@ -357,11 +362,10 @@ def test_remote_target_gets_a_validated_jsonl_and_a_tracked_job(tmp_path, fake_m
 
 def test_cli_lora_status(tmp_path, fake_model, capsys):
     from foster.agent.lora.job import LoraOptions
-    from foster.agent.lora.node import lora
     from foster.ui.cli import main
 
     teacher, _ = fake_model(fakes.teacher, "fake-teacher")
-    lora(_fake_state(tmp_path, {"teacher": teacher, "targets": ["openai/gpt-4o-mini"]}, "lora-cli",
+    _lora(_fake_state(tmp_path, {"teacher": teacher, "targets": ["openai/gpt-4o-mini"]}, "lora-cli",
                      LoraOptions(synthetic=0, mix=0.0)))
     assert main(["lora", "lora-cli", "--status"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "done"
@@ -371,12 +375,11 @@ def test_cli_lora_status(tmp_path, fake_model, capsys):
 
 def test_a_target_without_weights_fails_the_fallback_not_the_run(tmp_path, fake_model):
     from foster.agent.lora.job import LoraOptions, job_status
-    from foster.agent.lora.node import lora
 
     teacher, t_backend = fake_model(fakes.teacher, "fake-teacher")
     tgt, g_backend = fake_model(fakes.target, "fake-target")
     state = _fake_state(tmp_path, {"teacher": teacher, "targets": [tgt]}, "lora-noweights", LoraOptions())
-    update = lora(state)
+    update = _lora(state)
     lo = update["evaluation"]["lora"]
     assert lo["status"] == "failed" and "base_weights" in lo["error"]
     assert update["best"] == state["best"] and update["evaluation"]["best_artifact"]["kind"] == "bundle"

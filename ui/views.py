@@ -81,12 +81,11 @@ def latest_run(with_grid: bool = False) -> str | None:
     return None
 
 
-def _nodes(progress: dict[str, float]) -> list[str]:
-    try:
-        from foster.agent.runs import NODES
-    except Exception:  # the agent is optional for reading runs
-        NODES = ("probe", "characterize", "mine", "optimize", "evaluate", "decide", "bundle")
-    return list(NODES) + [n for n in progress if n not in NODES]
+def _nodes(progress: dict[str, float], finished: bool) -> list[str]:
+    """The pipeline's nodes (agent/state.py NODES); a finished run hides the ones it never entered (lora)."""
+    from foster.agent.state import NODES
+
+    return [n for n in NODES if n in progress or not finished] + [n for n in progress if n not in NODES]
 
 
 def progress_html(run_id: str | None) -> str:
@@ -107,7 +106,7 @@ def progress_html(run_id: str | None) -> str:
     if status.error:
         lines.append(f"<pre style='color:#b00020;white-space:pre-wrap'>{_esc(status.error)}</pre>")
     lines.append("<table style='width:100%;border-collapse:collapse'>")
-    for node in _nodes(status.progress):
+    for node in _nodes(status.progress, status.status not in ("queued", "running")):
         p = max(0.0, min(1.0, float(status.progress.get(node, 0.0) or 0.0)))
         current = node == status.node and status.status == "running"
         weight = "bold" if current else "normal"

@@ -1,8 +1,9 @@
 """lora (node): when prompting plateaus below the threshold, distil the teacher into a LoRA adapter on the
 target, score it like a bundle, and make "bundle + adapter" the run's best artifact when it wins.
 
-`lora(state)` is the graph node; `run_lora(run_id)` runs the same steps for a finished run and writes
-its report. Local GGUF targets train in-process; remote targets get a validated fine-tuning JSONL
+`lora(state, runtime)` is the graph node. `run_lora(run_id)` forks a finished run's graph at decide and
+resumes it through lora → bundle, so a fallback asked for later writes the same report as one the run
+took itself. Local GGUF targets train in-process; remote targets get a validated fine-tuning JSONL
 (submitted through litellm when asked). Every stage writes to runs/<id>/lora/<target>/ first, so a
 killed job resumes: generated data is reused, teacher answers come from the store, training continues
 from its last checkpoint.
@@ -14,16 +15,12 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
 
-from foster.agent.context import RunContext, StopRun, context, node_timer
+from langgraph.runtime import Runtime
+
+from foster.agent.context import Listener, RunContext, StopRun, node_timer
 from foster.agent.lora.job import LoraJob, LoraOptions, job_dir, read_job, write_job
-
-# Hugging Face ids of the embedded bases, written into adapter_config.json so a vLLM server (or PEFT)
-# knows which base the adapter belongs to.
-HF_BASES = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
-
-Listener = Callable[[str, int, int, str], None]
+from foster.agent.state import State
 
 
 def options_path(ctx: RunContext) -> Path:
@@ -251,10 +248,13 @@ def outcome(ctx: RunContext, state: dict, section: dict) -> tuple[dict, dict, st
     verdict = state.get("verdict")
     if "fidelity" not in section:
         return section, best, verdict
+    if best.get("adapter"):  # an earlier fallback won: this adapter competes with the prompt's best, not with it
+        earlier = ((state.get("evaluation") or {}).get("lora") or {}).get("best_bundle") or {}
+        best = dict(earlier) if earlier.get("path") else best
     bundle_f = best.get("fidelity")
     same = (((state.get("evaluation") or {}).get("targets") or {}).get(section["target"]) or {}).get("best") or {}
     ceiling = section.get("ceiling") or 0
-    section["best_bundle"] = {"target": best.get("target"), "variant": best.get("variant"), "fidelity": bundle_f}
+    section["best_bundle"] = {k: best.get(k) for k in ("target", "variant", "path", "fidelity", "bundle_id")}
     section["best_bundle_same_target"] = same.get("fidelity")
     section["fraction_of_ceiling"] = round(section["fidelity"] / ceiling, 4) if ceiling else None
     section["beats_best_bundle"] = bundle_f is None or section["fidelity"] > bundle_f
@@ -277,15 +277,15 @@ def artifact(best: dict) -> dict:
     return {"kind": "bundle", "bundle": best.get("path"), "model": best.get("target"), "fidelity": best.get("fidelity")}
 
 
-def step(state: dict, listener: Listener | None = None, show_bar: bool = False) -> dict:
-    ctx = context(state)
+def step(ctx: RunContext, state: State) -> dict:
+    """The fallback for the run's state; its failure is recorded in the section, never raised."""
     ctx.registry.update(ctx.run_id, node="lora")
     ctx.registry.append_event(ctx.run_id, "lora", "start", "LoRA fallback")
     options = load_options(ctx)
     stop = state.get("stop_reason")
     with node_timer(state, "lora") as times:
         try:
-            section = run_fallback(ctx, state, options, listener, show_bar)
+            section = run_fallback(ctx, state, options, ctx.listener, ctx.show_bar)
             section["status"] = section.get("status", "done")
         except StopRun as e:
             section, stop = {"status": "stopped", "error": str(e)}, str(e)
@@ -304,28 +304,24 @@ def step(state: dict, listener: Listener | None = None, show_bar: bool = False) 
             "usage": ctx.usage(), "node_seconds": times}
 
 
-def lora(state: dict) -> dict:
+def lora(state: State, runtime: Runtime[RunContext]) -> dict:
     """Distil the teacher into a LoRA adapter on the target and score it like a bundle."""
-    return step(state)
+    return step(runtime.context, state)
 
 
 # -- a finished run ----------------------------------------------------------------------------------
 
-def run_state(run_id: str) -> dict:
-    """The graph state of a run, from its checkpoint."""
-    from foster.agent.graph import build_graph
-    from foster.store.checkpoints import checkpointer
-
-    graph = build_graph(checkpointer())
-    return dict(graph.get_state({"configurable": {"thread_id": run_id}}).values)
-
-
 def run_lora(run_id: str, options: LoraOptions | None = None, listener: Listener | None = None,
              show_bar: bool = True) -> dict:
-    """The fallback on a finished run: train, evaluate, and record the result in its report and best artifact."""
+    """The fallback on a finished run: its graph forked at decide and resumed through lora → bundle.
+
+    The bundle node writes report.json|md and best_bundle exactly as in a run that fell back by itself.
+    """
     from foster.agent.config import InputError
-    from foster.agent.context import drop_context
-    from foster.store.runs import RunRegistry
+    from foster.agent.graph import build_graph
+    from foster.agent.runs import execute, run_state
+    from foster.store.checkpoints import checkpointer
+    from foster.store.runs import RunRegistry, write_json_atomic
 
     reg = RunRegistry()
     if not reg.exists(run_id):
@@ -333,49 +329,11 @@ def run_lora(run_id: str, options: LoraOptions | None = None, listener: Listener
     state = run_state(run_id)
     if not state.get("spec") or not state.get("evaluation"):
         raise InputError(f"run {run_id} has not been evaluated yet (finish it with `foster resume {run_id}`)")
-    from foster.store.runs import write_json_atomic
-
-    ctx = context(state)
     if options is not None:
-        write_json_atomic(options_path(ctx), options.model_dump())
-    try:
-        update = step(state, listener, show_bar)
-        record(ctx, state, update)
-    finally:
-        drop_context(run_id)
-    return update["evaluation"]["lora"]
-
-
-def record(ctx: RunContext, state: dict, update: dict) -> None:
-    """What the bundle node would write after lora: report.json|md with the "lora" section, best_bundle
-    when the adapter won, and the run's status figures."""
-    from foster.agent.lora.report import lora_markdown
-    from foster.agent.report import markdown
-    from foster.prompts.bundle import Bundle
-    from foster.store.runs import write_json_atomic, write_text_atomic
-
-    report = ctx.registry.read_json(ctx.run_id, "report.json") or dict(state.get("evaluation") or {})
-    ev = update["evaluation"]
-    report.update({"lora": ev["lora"], "best_artifact": ev["best_artifact"], "usage": update["usage"],
-                   "verdict": update.get("verdict") or report.get("verdict")})
-    report.setdefault("node_seconds", {}).update({"lora": update["node_seconds"].get("lora")})
-    best = update["best"]
-    changes: dict = {}
-    if best.get("adapter"):
-        b = Bundle.load(best["path"])
-        b.targets = [best["target"]]
-        b.report = {k: report[k] for k in ("run_id", "teacher", "verdict", "threshold", "ceiling", "fidelity_method",
-                                            "answer_kind") if k in report}
-        b.report.update(target=best["target"], fidelity=best["fidelity"], adapter=best["adapter"],
-                        general_capability=ev["lora"]["general_capability"]["agreement"])
-        path = str(b.save(ctx.dir / "best_bundle"))
-        report["best_bundle"] = {**best, "path": path}
-        changes["best_bundle"] = path
-    write_json_atomic(ctx.dir / "report.json", report)
-    write_text_atomic(ctx.dir / "report.md", markdown({k: v for k, v in report.items() if k != "lora"})
-                      + lora_markdown(ev["lora"]))
-    status = ctx.registry.get(ctx.run_id)
-    figures = dict(status.figures or {})
-    if "fidelity" in ev["lora"]:
-        figures.setdefault(ev["lora"]["target"], {})["lora"] = ev["lora"]["fidelity"]
-    ctx.registry.update(ctx.run_id, verdict=report.get("verdict"), figures=figures, **changes)
+        write_json_atomic(reg.run_dir(run_id) / "lora" / "options.json", options.model_dump())
+    graph = build_graph(checkpointer())
+    # stop_reason cleared: a run stopped by a cap is forked for the fallback the user now asks for
+    graph.update_state({"configurable": {"thread_id": run_id}}, {"next": "lora", "stop_reason": None},
+                       as_node="decide")
+    values = execute(run_id, graph=graph, listener=listener, show_bar=show_bar)
+    return values["evaluation"]["lora"]
