@@ -39,8 +39,16 @@ def build_spec(probes: list[dict], teacher: dict[str, list[dict]], seed: int = 0
     all_outputs = [o["output"] for p in probes for o in teacher.get(p["id"], [])]
     kind = answer_kind(all_outputs)
     raw_modes = Counter(metrics.normalize(o, kind="label") for o in all_outputs)
-    # the inventory is what the teacher says more than once (a one-off at T=1 is noise, not a label)
-    inventory = [a for a, n in raw_modes.most_common() if n > 1 or len(raw_modes) < 20] if kind == "closed" else []
+    # the inventory is what the teacher gives as a greedy answer or a probe's mode: a one-off sample at
+    # T=1 (a misspelt or stuttered label) is noise, not a label the target should be offered
+    modal: set[str] = set()
+    for p in probes:
+        obs = teacher.get(p["id"], [])
+        labels = [metrics.normalize(o["output"], kind="label") for o in obs]
+        modal.update(metrics.normalize(o["output"], kind="label") for o in obs if o["t"] == 0 and o["i"] == 0)
+        if labels:
+            modal.add(metrics.mode(metrics.distribution(labels)))
+    inventory = [a for a, _ in raw_modes.most_common() if a in modal] if kind == "closed" else []
     per: dict[str, dict] = {}
     for p in probes:
         outs = [o["output"] for o in teacher.get(p["id"], [])]
@@ -51,6 +59,9 @@ def build_spec(probes: list[dict], teacher: dict[str, list[dict]], seed: int = 0
             "mode": metrics.mode(dist) if kind == "closed" else greedy.strip(),
             "dist": dist, "entropy": round(metrics.entropy(dist), 4),
             "samples": [o.strip() for o in outs],
+            # only the stratified subset is sampled at every temperature: the others' dist is their greedy
+            # answer alone and says nothing about the teacher's uncertainty there
+            "sampled": len(outs) > 1,
         }
     labels = cluster([p["text"] for p in probes], seed)
     for p, c in zip(probes, labels):
@@ -65,18 +76,22 @@ def build_spec(probes: list[dict], teacher: dict[str, list[dict]], seed: int = 0
             cl["examples"].append(p["text"])
     for cl in clusters.values():
         cl["answers"] = dict(cl["answers"].most_common(5))
+    # the ceiling is the teacher's self-agreement, so it is measured where it was sampled
+    measured = {i: v for i, v in per.items() if v["sampled"]} or per
     if kind == "closed":
-        ceiling = metrics.mean(metrics.self_agreement(v["dist"]) for v in per.values())
-        ceiling_method = "mean Σ p² over teacher samples"
+        ceiling = metrics.mean(metrics.self_agreement(v["dist"]) for v in measured.values())
+        ceiling_method = f"mean Σ p² over teacher samples on the {len(measured)} probes sampled at every temperature"
     else:
         sims = []
-        for v in per.values():
+        for v in measured.values():
             s = v["samples"]
             if len(s) > 1:
                 sims.append(metrics.mean(metrics.text_similarity(s[:-1], s[1:])))
         ceiling = metrics.mean(sims) if sims else 1.0
-        ceiling_method = "mean embedding cosine between consecutive teacher samples"
+        ceiling_method = (f"mean embedding cosine between consecutive teacher samples on the {len(measured)} "
+                          "probes sampled at every temperature")
     heldout = [p["id"] for p in probes if p["split"] == "heldout"]
+    held_measured = [i for i in heldout if i in measured]
     return {
         "answer_kind": kind,
         "format": "label" if kind == "closed" else "text",
@@ -86,9 +101,11 @@ def build_spec(probes: list[dict], teacher: dict[str, list[dict]], seed: int = 0
         "refusal_rate": metrics.mean(bool(REFUSAL.search(o)) for o in all_outputs),
         "hedge_rate": metrics.mean(bool(HEDGE.search(o)) for o in all_outputs),
         "ceiling": round(ceiling, 4),
-        "ceiling_heldout": round(metrics.mean(metrics.self_agreement(per[i]["dist"]) for i in heldout), 4)
-        if kind == "closed" else None,
+        "ceiling_heldout": round(metrics.mean(metrics.self_agreement(per[i]["dist"]) for i in held_measured), 4)
+        if kind == "closed" and held_measured else None,
         "ceiling_method": ceiling_method,
+        "ceiling_n": len(measured), "ceiling_heldout_n": len(held_measured),
+        "n_sampled": sum(1 for v in per.values() if v["sampled"]),
         "n_probes": len(probes), "n_heldout": len(heldout),
         "probe_kinds": dict(Counter(p["kind"] for p in probes)),
     }
@@ -157,6 +174,7 @@ def characterize(state: State, runtime: Runtime[RunContext]) -> dict:
     with node_timer(state, "characterize") as times:
         probes = [dict(p) for p in state["probes"]]
         spec = build_spec(probes, state["teacher"], ctx.config.seed)
+        spec["probing"] = dict(state.get("probing") or {})  # what was probed, left out, and how fast
         export_spec(ctx.dir, spec, probes, ctx.config.threshold, ctx.config.targets[0], ctx.config.max_new_tokens)
         ctx.progress("characterize", 1, 1, f"{spec['answer_kind']} answers, ceiling {spec['ceiling']:.3f}")
     return {"probes": probes, "spec": spec, "node_seconds": times}

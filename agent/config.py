@@ -41,7 +41,13 @@ class RunConfig(BaseModel):
     max_rounds: int = Field(2, description="re-probe rounds before the run stops improving")
     min_gain: float = Field(0.02, description="δ: a round that gains less than this is a plateau")
     holdout_fraction: float = Field(0.3)
-    max_probes: int = Field(120)
+    max_probes: int = Field(2000, description="most probes a run keeps: historical inputs first, synthetic ones on "
+                            "top while there is room; inputs left out are counted and reported")
+    sampled_probes: int = Field(100, description="probes sampled at every temperature (a subset stratified by "
+                                "cluster and greedy answer); every other probe gets the greedy answer only")
+    min_heldout: int = Field(100, description="held-out probes at least, when as many real inputs stay for training")
+    concurrency: int | None = Field(None, description="calls in flight per remote model (default 8); in-process "
+                                    "local models take one at a time")
     max_calls: int | None = Field(None, description="cap on all model calls")
     max_tokens: int | None = Field(None, description="cap on all tokens")
     max_cost: float | None = Field(None, description="cap on cost in USD")
@@ -67,7 +73,7 @@ class RunConfig(BaseModel):
             raise InputError(f"--temperatures must be 1+ values in [0, 2], got {v}")
         return v
 
-    @field_validator("samples", "budget_calls", "knn_k", "max_rounds", "max_probes")
+    @field_validator("samples", "budget_calls", "knn_k", "max_rounds", "max_probes", "sampled_probes")
     @classmethod
     def _positive(cls, v: int, info) -> int:
         if v < 1:

@@ -124,12 +124,20 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
         results.append(res)
         ctx.progress("evaluate", n + 1, total, f"{target} {v['name']}: fidelity {res['fidelity']:.3f}")
     cache.flush()
+    free = None
+    if kind == "free":  # exact, structure and similarity side by side; the primary one scores (agent/freetext.py)
+        from foster.agent import freetext
+
+        free, method = freetext.evaluate_free(ctx, spec, held, train, refs, results, method)
     candidates = [r for r in results if not r["baseline"]] or results
     best = max(candidates, key=lambda r: (r["fidelity"], -r["tokens"].get("o200k_base", 0)))
     zero = next((r for r in results if r["variant"] == "zero-shot"), None)
     # sampled behaviour for the best bundle and the zero-shot baseline: calibration against the teacher
     for r in [best] + ([zero] if zero and zero is not best else []):
         ev = evaluate_variant(ctx, cache, Bundle.load(r["path"]), target, held, sample=True)
+        if kind == "free":  # exact strings never match across samples: calibrate by meaning classes
+            r.update(freetext.calibrate_free(ctx, spec, held, ev["samples"]))
+            continue
         sa, js = [], []
         for p in held:
             t_dist = spec["probes"][p["id"]]["dist"]
@@ -171,6 +179,8 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
         "sampled_agreement": best.get("sampled_agreement"),
         "divergence_clusters": divergent, "fidelity_method": method,
     }
+    if free:
+        summary["freetext"] = {**free, "calibration_method": best.get("calibration_method")}
     return summary, columns, answers
 
 

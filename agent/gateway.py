@@ -332,3 +332,43 @@ def count_tokens(model: str, text: str) -> int | None:
 def local_models() -> list[tuple[str, bool, str]]:
     """(alias, weights installed, GGUF path) for every embedded model."""
     return _local_models()
+
+
+# ---------------------------------------------------------------------------------------------
+# Many calls to one model at once
+
+
+def default_concurrency(model: str) -> int:
+    """Calls one model may have in flight: 1 for in-process local models (CPU-bound, a lock per model
+    anyway), FOSTER_REMOTE_CONCURRENCY (8) for endpoints, whose latency is mostly waiting."""
+    import os
+
+    if is_local(model):
+        return max(1, int(os.environ.get("FOSTER_LOCAL_CONCURRENCY", 1)))
+    return max(1, int(os.environ.get("FOSTER_REMOTE_CONCURRENCY", 8)))
+
+
+def map_concurrently(fn, items: list, limit: int) -> Iterator[tuple[int, object]]:
+    """Run `fn(item)` for every item with at most `limit` in flight; yield (index, result) as each finishes.
+
+    Each call runs in a copy of the caller's context, so the run's ledger and models follow it into
+    the worker thread. The first exception cancels what has not started, lets the calls in flight
+    finish (whatever `fn` stores as it returns stays stored) and is raised.
+    """
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    if limit <= 1 or len(items) <= 1:
+        for i, item in enumerate(items):
+            yield i, fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(limit, len(items)), thread_name_prefix="foster-call") as pool:
+        futures = {pool.submit(contextvars.copy_context().run, fn, item): i for i, item in enumerate(items)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    yield futures[f], f.result()
+        finally:
+            for f in pending:
+                f.cancel()

@@ -42,7 +42,12 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-lora", dest="lora_fallback", action="store_false",
                    help="end a plateau below threshold with the best bundle instead of training a LoRA")
     p.add_argument("--min-gain", type=float, default=0.02)
-    p.add_argument("--max-probes", type=int, default=120)
+    p.add_argument("--max-probes", type=int, default=2000,
+                   help="most probes kept: the history first (a count of any left out is printed), synthetic on top")
+    p.add_argument("--sampled-probes", type=int, default=100,
+                   help="probes sampled at every temperature (stratified); the rest get the greedy answer only")
+    p.add_argument("--min-heldout", type=int, default=100, help="held-out probes at least, where the history allows")
+    p.add_argument("--concurrency", type=int, help="calls in flight per remote model (default 8; local: 1)")
     p.add_argument("--max-calls", type=int, help="cap on all model calls")
     p.add_argument("--max-tokens", type=int, help="cap on all tokens")
     p.add_argument("--max-cost", type=float, help="cap on cost (USD)")
@@ -57,7 +62,8 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
 
 CONFIG_FIELDS = ("teacher", "teacher_records", "train_data", "targets", "inputs", "task", "hand_written", "threshold",
                  "temperatures", "samples", "generator", "synth_per_kind", "miner", "judge", "fidelity", "optimizer",
-                 "budget_calls", "knn_k", "max_rounds", "lora_fallback", "min_gain", "max_probes", "max_calls", "max_tokens",
+                 "budget_calls", "knn_k", "max_rounds", "lora_fallback", "min_gain", "max_probes", "sampled_probes",
+                 "min_heldout", "concurrency", "max_calls", "max_tokens",
                  "max_cost", "seed", "run_id", "models_file", "endpoints")
 
 
@@ -130,6 +136,8 @@ def _print_result(run_id: str) -> None:
     print()
     print(summary_table(report))
     print(f"\nverdict: {report.get('verdict')}   ceiling: {report.get('ceiling')}   method: {report.get('fidelity_method')}")
+    for line in (reg.read_json(run_id, "probing.json") or {}).get("summary", []):  # left out, calls/s
+        print(f"probing: {line}")
     print(f"run:     {run_id}")
     print(f"report:  {d / 'report.md'}")
     if report.get("best_bundle"):
