@@ -1,7 +1,9 @@
 """RunConfig: what a caller gives a distillation run (the CLI's options, the API's body)."""
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +16,14 @@ def _env(name: str, default):
 
 class InputError(ValueError):
     """Bad input from the user: reported as one line, exit code 2, nothing written."""
+
+
+def secret_in(text: str) -> str | None:
+    """What looks like a key in `text` (the scanner bundles use), or None."""
+    from foster.prompts.bundle import find_secrets
+
+    problems = find_secrets({"text": text}, url_fields=())
+    return problems[0].removeprefix("text: ") if problems else None
 
 
 class RunConfig(BaseModel):
@@ -34,7 +44,8 @@ class RunConfig(BaseModel):
     miner: str | None = Field(None, description="optional model that writes prose rules")
     judge: str | None = Field(None, description="optional model that scores free-text agreement")
     fidelity: Literal["auto", "exact", "embedding", "judge"] = "auto"
-    optimizer: str = Field(_env("FOSTER_OPTIMIZER", "gepa"))
+    optimizer: str = Field(_env("FOSTER_OPTIMIZER", "auto"), description="auto: foster's tuner, plus GEPA when a "
+                           "--miner reflects; foster: the tuner only; gepa|miprov2|simba|bootstrap: the tuner and that one")
     budget_calls: int = Field(60, description="target calls the optimizer may spend per target per round")
     knn_k: int = Field(6, description="examples retrieved per input for pool bundles")
     lora_fallback: bool = Field(True, description="train a LoRA on the target when prompting plateaus below threshold")
@@ -62,14 +73,14 @@ class RunConfig(BaseModel):
     @field_validator("threshold")
     @classmethod
     def _threshold(cls, v: float) -> float:
-        if not (0 < v <= 1):
+        if not (math.isfinite(v) and 0 < v <= 1):
             raise InputError(f"--threshold must be in (0, 1], got {v}")
         return v
 
     @field_validator("temperatures")
     @classmethod
     def _temps(cls, v: list[float]) -> list[float]:
-        if not v or any(t < 0 or t > 2 for t in v):
+        if not v or any(not math.isfinite(t) or t < 0 or t > 2 for t in v):
             raise InputError(f"--temperatures must be 1+ values in [0, 2], got {v}")
         return v
 
@@ -78,6 +89,61 @@ class RunConfig(BaseModel):
     def _positive(cls, v: int, info) -> int:
         if v < 1:
             raise InputError(f"--{info.field_name.replace('_', '-')} must be >= 1, got {v}")
+        return v
+
+    @field_validator("min_gain", "holdout_fraction", "max_cost")
+    @classmethod
+    def _finite(cls, v: float | None, info) -> float | None:
+        # NaN passes every comparison a node makes, so it would run to the end: refused here instead
+        low, high = {"min_gain": (0.0, 1.0), "holdout_fraction": (0.0, 0.9), "max_cost": (0.0, math.inf)}[info.field_name]
+        if v is not None and not (math.isfinite(v) and low <= v <= high):
+            raise InputError(f"--{info.field_name.replace('_', '-')} must be a number in [{low}, {high}], got {v}")
+        return v
+
+    @field_validator("max_calls", "max_tokens", "max_new_tokens")
+    @classmethod
+    def _positive_cap(cls, v: int | None, info) -> int | None:
+        if v is not None and v < 1:
+            raise InputError(f"--{info.field_name.replace('_', '-')} must be >= 1, got {v}")
+        return v
+
+    @field_validator("synth_per_kind")
+    @classmethod
+    def _not_negative(cls, v: int, info) -> int:
+        if v < 0:
+            raise InputError(f"--{info.field_name.replace('_', '-')} must be >= 0, got {v}")
+        return v
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str | None) -> str | None:
+        from foster.store.paths import check_id
+
+        if v is not None:
+            try:
+                check_id(v)
+            except ValueError as e:
+                raise InputError(f"--run-id: {e}") from None
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _no_secret_in_task(cls, v: str) -> str:
+        problem = secret_in(v)
+        if problem:
+            raise InputError(f"--task: {problem}; keys go in environment variables, never in the task text")
+        return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for model, ep in v.items():
+            var = ep.get("api_key_env")
+            if var is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", var):
+                raise InputError(f"--api-key-env {model}={var}: not an environment variable name")
+            base = ep.get("api_base")
+            if base is not None and not re.match(r"^https?://[^\s]+$", base):
+                raise InputError(f"--api-base {model}={base}: expected an http:// or https:// URL")
         return v
 
     @model_validator(mode="after")

@@ -45,27 +45,51 @@ class AnswerCache:
             self.dirty = 0
 
 
+def _scorer(ctx: RunContext, kind: str):
+    from foster.agent.scorers import resolve
+
+    return resolve(ctx.config.fidelity, kind, ctx.config.judge)
+
+
 def _score(ctx: RunContext, kind: str, inventory: list[str], answers: list[str], refs: list[str],
            inputs: list[str]) -> tuple[list[float], str]:
-    c = ctx.config
-    method = c.fidelity
-    if method == "auto":
-        method = "exact" if kind == "closed" else ("judge" if c.judge else "embedding")
-    if method == "exact":
-        return [float(metrics.normalize(a, inventory, kind) == r) for a, r in zip(answers, refs)], "exact match after normalization"
-    if method == "judge":
-        if not c.judge:
-            raise ValueError("--fidelity judge needs --judge MODEL")
-        from foster.prompts.templates import render
+    """Scores by the configured scorer (agent/scorers.py: the one registry evaluation, bench and UI share)."""
+    from foster.agent.scorers import Scoring
 
-        scores = []
-        for x, a, r in zip(inputs, answers, refs):
-            res = ctx.complete(c.judge, messages=[{"role": "user", "content": render(
-                "judge", "score", input=x, reference=r, candidate=a)}], temperature=0, max_tokens=4)
-            m = re.search(r"\d+(\.\d+)?", res.texts[0])
-            scores.append(min(1.0, float(m.group()) / 10) if m else 0.0)
-        return scores, f"judge:{c.judge} (0-10 scaled to 0-1)"
-    return metrics.text_similarity(answers, refs), "embedding cosine (all-MiniLM-L6-v2) to the teacher's greedy answer"
+    how = Scoring(kind=kind, inventory=inventory, judge=ctx.config.judge, complete=ctx.complete)
+    scorer = _scorer(ctx, kind)
+    return scorer.scores(answers, refs, inputs, how), scorer.method(how)
+
+
+def _is_exact(r: dict, scorer_exact: bool) -> bool:
+    """Whether a variant's scores are 0/1 matches (Wilson) or similarities (bootstrap); a free-text
+    variant is scored by its primary metric (agent/freetext.py)."""
+    primary = (r.get("freetext") or {}).get("primary")
+    return primary in ("exact", "structure") if primary else scorer_exact
+
+
+def _lint_errors(r: dict) -> bool:
+    return any(f.get("severity") == "error" for f in r.get("lint") or [])
+
+
+def ship_choice(results: list[dict]) -> tuple[dict, dict]:
+    """The variant to ship: among lint-clean, non-baseline variants whose held-out fidelity lies within
+    the 95 % interval of the best one, the one with the fewest prompt tokens per call (o200k_base).
+    Each result carries fidelity, interval, tokens, baseline and lint."""
+    def tokens(r):
+        return (r.get("tokens") or {}).get("o200k_base", 0)
+
+    clean = [r for r in results if not _lint_errors(r)]
+    eligible = [r for r in clean if not r.get("baseline")] or clean or results
+    top = max(eligible, key=lambda r: (r["fidelity"], -tokens(r)))
+    floor = (top.get("interval") or {}).get("low", top["fidelity"])
+    within = [r for r in eligible if r["fidelity"] >= floor]
+    chosen = min(within, key=lambda r: (tokens(r), -r["fidelity"]))
+    blocked = [r["variant"] for r in results if _lint_errors(r)]
+    return chosen, {"rule": "fewest prompt tokens per call among lint-clean variants within the best's 95 % interval",
+                    "best_fidelity": top["variant"], "floor": round(floor, 4),
+                    "within_interval": [r["variant"] for r in within], "chosen": chosen["variant"],
+                    "blocked_by_lint": blocked}
 
 
 def evaluate_variant(ctx: RunContext, cache: AnswerCache, bundle, target: str, probes: list[dict],
@@ -102,7 +126,7 @@ def _distribution_summary(kind, inventory, outs):
     return metrics.distribution([metrics.normalize(o, inventory, kind) for o in outs])
 
 
-def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, list[dict], dict]:
+def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | None = None) -> tuple[dict, list[dict], dict]:
     from foster.prompts.bundle import Bundle
 
     kind, inventory = spec["answer_kind"], list(spec["inventory"])
@@ -111,6 +135,10 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
     refs = [spec["probes"][p["id"]]["mode"] for p in held]
     inputs = [p["text"] for p in held]
     results, columns, answers = [], [], {}
+    # an optimizer's proposal that did not beat its seed on validation is reported, never evaluated or shipped
+    rejected = [{"variant": v["name"], "reason": v["rejected"], "validation": v.get("validation")}
+                for v in variants if v.get("rejected")]
+    variants = [v for v in variants if not v.get("rejected")]
     total = len(variants)
     for n, v in enumerate(variants):
         bundle = Bundle.load(v["path"])  # the exported file, never an in-memory program
@@ -120,7 +148,8 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
         tokens = bundle.token_counts()
         res = {"variant": v["name"], "bundle_id": bundle.id, "path": v["path"], "baseline": v.get("baseline", False),
                "fidelity": round(metrics.mean(scores), 4), "tokens": tokens, "latency_s": round(ev["latency_s"], 4),
-               "cost": ev["cost"], "seconds": round(time.time() - t0, 2), "_scores": scores, "_greedy": ev["greedy"]}
+               "cost": ev["cost"], "seconds": round(time.time() - t0, 2), "_scores": scores, "_greedy": ev["greedy"],
+               "lint": [f.as_dict() for f in bundle.lint(**(known or {}))]}
         results.append(res)
         ctx.progress("evaluate", n + 1, total, f"{target} {v['name']}: fidelity {res['fidelity']:.3f}")
     cache.flush()
@@ -129,8 +158,10 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
         from foster.agent import freetext
 
         free, method = freetext.evaluate_free(ctx, spec, held, train, refs, results, method)
-    candidates = [r for r in results if not r["baseline"]] or results
-    best = max(candidates, key=lambda r: (r["fidelity"], -r["tokens"].get("o200k_base", 0)))
+    scorer_exact = _scorer(ctx, kind).exact
+    for r in results:
+        r["interval"] = r.get("interval") or metrics.fidelity_interval(r["_scores"], _is_exact(r, scorer_exact))
+    best, selection = ship_choice(results)
     zero = next((r for r in results if r["variant"] == "zero-shot"), None)
     # sampled behaviour for the best bundle and the zero-shot baseline: calibration against the teacher
     for r in [best] + ([zero] if zero and zero is not best else []):
@@ -159,9 +190,16 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
     divergent = [c for c in clusters if c["fidelity"] < 1][:3]
     copy = nearest_copy(train, held, spec)
     copy_scores, _ = _score(ctx, kind, inventory, copy, refs, inputs) if ctx.config.fidelity != "judge" else ([], "")
+    top = max(results, key=lambda r: r["fidelity"])
+    for r in results:  # paired differences on the same held-out probes, each with its own interval
+        r["vs_best"] = metrics.paired_difference(r["_scores"], top["_scores"])
+        if copy_scores and kind == "closed":
+            r["vs_copy"] = metrics.paired_difference(r["_scores"], copy_scores)
+    copy_figure = metrics.fidelity_interval(copy_scores, scorer_exact) if copy_scores else None
+    copy_words = copy_verdict(best, copy_figure) if kind == "closed" else None
     for r in results:
         columns.append({"key": f"{target}::{r['variant']}", "target": target, "variant": r["variant"],
-                        "bundle_id": r["bundle_id"], "fidelity": r["fidelity"],
+                        "bundle_id": r["bundle_id"], "fidelity": r["fidelity"], "interval": r.get("interval"),
                         "ceiling": spec.get("ceiling_heldout") or spec["ceiling"],
                         "calibration_gap": r.get("calibration_gap"), "tokens": r["tokens"].get("o200k_base"),
                         "latency_s": r["latency_s"], "cost": r["cost"]})
@@ -173,7 +211,9 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
         "zero_shot": strip(zero) if zero else None,
         "hand_written": strip(next((r for r in results if r["variant"] == "hand-written"), {})) or None,
         "nearest_copy": {"fidelity": round(metrics.mean(copy_scores), 4) if copy_scores else None,
+                         "interval": copy_figure, "verdict": copy_words,
                          "note": "the nearest train probe's teacher answer, copied with no LLM"},
+        "selection": selection, "rejected": rejected,
         "best": strip(best), "variants": [strip(r) for r in results],
         "ceiling": ceiling, "calibration_gap": best.get("calibration_gap"),
         "sampled_agreement": best.get("sampled_agreement"),
@@ -182,6 +222,23 @@ def evaluate_target(ctx, cache, target, variants, probes, spec) -> tuple[dict, l
     if free:
         summary["freetext"] = {**free, "calibration_method": best.get("calibration_method")}
     return summary, columns, answers
+
+
+def copy_verdict(best: dict, copy: dict | None) -> str | None:
+    """In words, for closed answers: does copying the nearest recorded answer (no LLM) beat the shipped bundle?"""
+    if not copy:
+        return None
+    diff = best.get("vs_copy") or {}
+    name, f, c = best["variant"], best["fidelity"], copy["value"]
+    if diff and diff["low"] > 0:
+        return f"the shipped bundle ({name}, {f:.3f}) beats copying the nearest recorded answer ({c:.3f})"
+    if diff and diff["high"] < 0:
+        return (f"copying the nearest recorded answer with no LLM ({c:.3f}) beats the shipped bundle ({name}, {f:.3f}): "
+                "serve the copy, or improve the bundle before cutting over")
+    if c > f:
+        return (f"copying the nearest recorded answer with no LLM ({c:.3f}) scores above the shipped bundle "
+                f"({name}, {f:.3f}); the difference is within the interval")
+    return f"the shipped bundle ({name}, {f:.3f}) and copying the nearest recorded answer ({c:.3f}) are within the interval"
 
 
 def build_report(ctx: RunContext, state: dict, per_target: dict, method: str) -> dict:
@@ -202,6 +259,7 @@ def build_report(ctx: RunContext, state: dict, per_target: dict, method: str) ->
 
 def evaluate(state: State, runtime: Runtime[RunContext]) -> dict:
     """Score every exported variant on every target on the held-out probes; write grid.json and report.json."""
+    from foster.agent.mine import known_for_lint
     from foster.store.runs import write_json_atomic
 
     ctx = runtime.context
@@ -213,7 +271,8 @@ def evaluate(state: State, runtime: Runtime[RunContext]) -> dict:
         try:
             for target in ctx.config.targets:
                 variants = (state.get("variants") or {}).get(target) or state.get("candidates") or []
-                summary, cols, ans = evaluate_target(ctx, cache, target, variants, state["probes"], state["spec"])
+                summary, cols, ans = evaluate_target(ctx, cache, target, variants, state["probes"], state["spec"],
+                                                     known=known_for_lint(state.get("candidates") or []))
                 per_target[target], method = summary, summary["fidelity_method"]
                 columns += cols
                 for pid, a in ans.items():
@@ -232,7 +291,8 @@ def evaluate(state: State, runtime: Runtime[RunContext]) -> dict:
         for target, s in per_target.items():
             if s["best"]["fidelity"] >= best.get("fidelity", -1):
                 best = {"target": target, "variant": s["best"]["variant"], "path": s["best"]["path"],
-                        "fidelity": s["best"]["fidelity"], "bundle_id": s["best"]["bundle_id"]}
+                        "fidelity": s["best"]["fidelity"], "bundle_id": s["best"]["bundle_id"],
+                        "interval": s["best"].get("interval")}
         history = list(state.get("history") or [])
         if per_target:
             history.append(max(s["best"]["fidelity"] for s in per_target.values()))

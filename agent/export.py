@@ -50,15 +50,19 @@ def bundle(state: State, runtime: Runtime[RunContext]) -> dict:
                                             "answer_kind") if k in report}
         b.report["target"] = best["target"]
         b.report["fidelity"] = best["fidelity"]
+        shipped = (report.get("targets", {}).get(best["target"]) or {}).get("best") or {}
+        b.report["fidelity_interval"] = shipped.get("interval") or best.get("interval")
+        b.report["lint"] = shipped.get("lint") or []
         if best.get("adapter"):  # the LoRA fallback won: the bundle applies only with its adapter
             b.report["adapter"] = best["adapter"]
             b.report["general_capability"] = report["lora"]["general_capability"]["agreement"]
         b.report["by_target"] = {t: {"zero_shot": (s.get("zero_shot") or {}).get("fidelity"),
-                                     "best": s["best"]["fidelity"], "ceiling": s.get("ceiling"),
+                                     "best": s["best"]["fidelity"], "best_interval": s["best"].get("interval"),
+                                     "copy": (s.get("nearest_copy") or {}).get("interval"), "ceiling": s.get("ceiling"),
                                      "calibration_gap": s.get("calibration_gap")}
                                  for t, s in report.get("targets", {}).items()}
         best_path = str(b.save(ctx.dir / "best_bundle"))
-        report["best_bundle"] = {**best, "path": best_path}
+        report["best_bundle"] = {**best, "path": best_path, "lint": b.report["lint"]}
     write_json_atomic(ctx.dir / "report.json", report)
     write_text_atomic(ctx.dir / "report.md", markdown(report))
     figures = {t: {"zero_shot": (s.get("zero_shot") or {}).get("fidelity"), "best": s["best"]["fidelity"],

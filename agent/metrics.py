@@ -74,3 +74,71 @@ def text_similarity(a: list[str], b: list[str]) -> list[float]:
 def mean(xs) -> float:
     xs = list(xs)
     return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+# --- intervals (DESIGN.md: every fidelity carries n and a 95 % interval) ------------------------------
+
+Z95 = 1.959963984540054
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion: honest at n = 12 and at 0 or n successes, where the
+    normal approximation collapses to a zero-width interval."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _resample_means(values: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(BOOTSTRAP_RESAMPLES, len(values)))
+    return values[idx].mean(axis=1)
+
+
+def bootstrap(scores, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap over probes of the mean score (similarity fidelities)."""
+    values = np.asarray(list(scores), dtype=float)
+    if len(values) == 0:
+        return 0.0, 1.0
+    means = _resample_means(values, seed)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def fidelity_interval(scores, exact: bool, seed: int = 0) -> dict:
+    """{value, n, low, high, method}: Wilson for exact match, bootstrap over probes for similarity."""
+    values = [float(s) for s in scores]
+    n = len(values)
+    if exact:
+        low, high = wilson(sum(1 for s in values if s >= 0.5), n)
+        method = "wilson"
+    else:
+        low, high = bootstrap(values, seed)
+        method = "bootstrap"
+    return {"value": round(mean(values), 4), "n": n, "low": round(low, 4), "high": round(high, 4), "method": method}
+
+
+def paired_difference(a, b, seed: int = 0) -> dict:
+    """mean(a - b) over the same probes with a paired bootstrap 95 % interval: two variants (or a
+    variant and the copy baseline) are compared on the probes they share, not by their two
+    separate intervals."""
+    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"paired difference needs the same probes: {len(x)} vs {len(y)} scores")
+    if len(x) == 0:
+        return {"value": 0.0, "n": 0, "low": -1.0, "high": 1.0, "method": "paired bootstrap"}
+    d = x - y
+    means = _resample_means(d, seed)
+    return {"value": round(float(d.mean()), 4), "n": len(d), "low": round(float(np.percentile(means, 2.5)), 4),
+            "high": round(float(np.percentile(means, 97.5)), 4), "method": "paired bootstrap"}
+
+
+def fmt_interval(iv: dict | None, nd: int = 3) -> str:
+    """'0.825 [0.68, 0.91] n=40' — how every fidelity is printed."""
+    if not iv:
+        return "–"
+    return f"{iv['value']:.{nd}f} [{iv['low']:.2f}, {iv['high']:.2f}] n={iv['n']}"

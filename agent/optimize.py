@@ -443,3 +443,167 @@ def optimize(
     }
     return OptimizeResult(bundle=bundle, optimizer=optimizer, calls_used=budget.calls,
                           score_train=log.get("score_train"), log=log)
+
+
+# --- foster's own tuner: what it controls, measured on a validation split carved from train ---------
+
+TUNER = ("auto", "foster")  # --optimizer values that are not DSPy optimizers (agent/optimize_node.py)
+
+
+@dataclass
+class Trial:
+    name: str
+    bundle: Bundle  # as tried: its pool/examples without the validation inputs
+    scores: list[float]
+    tokens: int  # prompt tokens per call (o200k_base), the bundle's own count
+
+    @property
+    def mean(self) -> float:
+        return sum(self.scores) / len(self.scores) if self.scores else 0.0
+
+
+@dataclass
+class TuneResult:
+    tuned: Bundle  # the seed, unless a configuration beat it on validation by more than the interval
+    compact: Bundle | None  # the fewest-token configuration within the interval of the best on validation
+    calls_used: int
+    log: dict[str, Any]
+    seed_scores: list[float]  # on the validation split: what a DSPy proposal from the same seed must beat
+    tuned_scores: list[float]
+
+
+def carve_validation(items: list[TrainItem], n: int, seed: int = 0) -> tuple[list[TrainItem], list[TrainItem]]:
+    """(validation, rest) from the train probes, never the held-out ones: shuffled by the seed and dealt
+    round-robin across the teacher's answers so a small split still sees every answer it can."""
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    groups: dict[str, list[TrainItem]] = {}
+    for item in shuffled:
+        groups.setdefault(item.teacher_mode.casefold(), []).append(item)
+    queues = sorted(groups.values(), key=len, reverse=True)
+    dealt = [q[i] for i in range(len(queues[0]) if queues else 0) for q in queues if i < len(q)]
+    return dealt[:n], dealt[n:]
+
+
+def beats(challenger: list[float], incumbent: list[float], seed: int = 0) -> tuple[bool, dict]:
+    """A challenger replaces the incumbent only when the paired difference's whole 95 % interval is
+    above zero: beating it by more than the interval. A tie (or a win inside the noise) keeps it."""
+    from foster.agent.metrics import paired_difference
+
+    diff = paired_difference(challenger, incumbent, seed=seed)
+    return diff["low"] > 0, diff
+
+
+def _configurations(base: Bundle, ingredients: dict, ks: tuple[int, ...]) -> list[tuple[str, Bundle]]:
+    """The knobs foster controls, one change from the seed at a time, then the smallest combination."""
+    from foster.prompts.bundle import Example, ExampleSelection
+
+    plain = ingredients.get("system_plain")
+    condensed = [Example(**e) for e in ingredients.get("condensed") or []]
+    fixed = [Example(**e) for e in ingredients.get("fixed") or []]
+    k0 = base.selection.k
+    out: list[tuple[str, Bundle]] = []
+    for k in ks:
+        if k != k0:
+            out.append((f"k={k}", base.model_copy(update={"selection": base.selection.model_copy(update={"k": k})})))
+    if plain is not None and plain != base.system_prompt:
+        out.append(("rules off", base.model_copy(update={"system_prompt": plain})))
+    if condensed and len(condensed) < len(base.examples):
+        out.append(("condensed pool", base.model_copy(update={"examples": condensed})))
+    if fixed:
+        out.append(("fixed examples", base.model_copy(update={"examples": fixed,
+                                                              "selection": ExampleSelection(kind="fixed")})))
+    smallest = min(ks)
+    if plain is not None and smallest < k0:
+        out.append((f"rules off, k={smallest}", base.model_copy(update={
+            "system_prompt": plain, "selection": base.selection.model_copy(update={"k": smallest})})))
+    return out
+
+
+def _rebuild(bundle: Bundle) -> Bundle:
+    """A fresh bundle (new id, empty embedding cache) from a model_copy'd one."""
+    return Bundle.model_validate(bundle.model_dump(exclude={"id"}))
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def validation_scores(bundle: Bundle, val: list[TrainItem], target: str, *, max_tokens: int = 24, seed: int = 0,
+                      complete: Callable[..., Any] | None = None) -> list[float]:
+    """Greedy agreement on `val`, the bundle rendered as it ships but with the validation inputs taken out
+    of its examples (a knn pool would otherwise retrieve each probe's own answer)."""
+    from foster.agent.target import ask
+
+    held = {_fold(v.input) for v in val}
+    tried = _rebuild(bundle.model_copy(update={"examples": [e for e in bundle.examples if _fold(e.input) not in held]}))
+    scores = []
+    for item in val:
+        res = ask(tried, target, item.input, complete, temperature=0.0, max_tokens=max_tokens, seed=seed)
+        scores.append(agreement(res.texts[0], item, bundle.output_contract))
+    return scores
+
+
+def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict | None = None, budget_calls: int = 60,
+         max_tokens: int = 24, seed: int = 0, ks: tuple[int, ...] = (1, 2, 4, 8),
+         complete: Callable[..., Any] | None = None) -> TuneResult:
+    """foster's own search over k, the pool (full or condensed), fixed vs retrieved examples and the rules
+    on or off, greedy answers on `val` (train probes the pool is stripped of while tuning). Works with no
+    model besides the target; `budget_calls` counts target calls, a configuration is tried only if a
+    whole validation pass still fits."""
+    from foster.agent.metrics import fidelity_interval
+
+    ingredients = ingredients or {}
+    calls = 0
+
+    def run(name: str, b: Bundle) -> Trial:
+        nonlocal calls
+        scores = validation_scores(b, val, target, max_tokens=max_tokens, seed=seed, complete=complete)
+        calls += len(val)
+        return Trial(name, b, scores, b.token_counts()["o200k_base"])
+
+    log: dict[str, Any] = {"validation": len(val), "budget_calls": budget_calls, "trials": []}
+    if not val or budget_calls < len(val):
+        log["note"] = "no validation pass fits the budget: the seed is kept untried"
+        return TuneResult(base, None, 0, log, [], [])
+    exact = base.output_contract.format != "text"
+    seed_trial = run("seed", base)
+    trials = [seed_trial]
+    incumbent = seed_trial
+    for name, b in _configurations(base, ingredients, ks):
+        if budget_calls - calls < len(val):
+            log["stopped"] = f"budget: {budget_calls - calls} calls left, a pass needs {len(val)}"
+            break
+        t = run(name, b)
+        trials.append(t)
+        won, diff = beats(t.scores, incumbent.scores, seed=seed)
+        log["trials"].append({"config": name, "score": fidelity_interval(t.scores, exact), "tokens": t.tokens,
+                              "vs_incumbent": diff, "incumbent": incumbent.name, "replaced": won})
+        if won:
+            incumbent = t
+    best = max(trials, key=lambda t: t.mean)
+    floor = fidelity_interval(best.scores, exact)["low"]
+    within = [t for t in trials if t.mean >= floor]
+    smallest = min(within, key=lambda t: (t.tokens, -t.mean))
+    log.update(seed=fidelity_interval(seed_trial.scores, exact), seed_tokens=seed_trial.tokens, chosen=incumbent.name,
+               compact=smallest.name, compact_tokens=smallest.tokens, calls_used=calls,
+               rule="a configuration replaces the seed only when its paired difference's 95 % interval is above 0")
+    tuned = _rebuild(incumbent.bundle)
+    compact = _rebuild(smallest.bundle) if smallest is not incumbent else None
+    return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores)
+
+
+def accept_proposal(proposal: Bundle, seed_scores: list[float], val: list[TrainItem], target: str, *,
+                    max_tokens: int = 24, seed: int = 0, lint_known: dict | None = None,
+                    complete: Callable[..., Any] | None = None) -> tuple[bool, dict]:
+    """Whether an optimizer's proposal may replace its seed: no lint error (role markers, repeated
+    lines, text addressed to the optimizer never ship) and a win on validation by more than the interval."""
+    from foster.prompts.lint import errors
+
+    errs = errors(proposal.lint(**(lint_known or {})))
+    if errs:
+        return False, {"reason": "lint: " + "; ".join(f.message for f in errs), "calls": 0}
+    scores = validation_scores(proposal, val, target, max_tokens=max_tokens, seed=seed, complete=complete)
+    won, diff = beats(scores, seed_scores, seed=seed)
+    return won, {"reason": "beats the seed on validation" if won else "does not beat the seed by more than the interval "
+                 "(a tie keeps the seed)", "vs_seed": diff, "calls": len(val)}

@@ -1,4 +1,9 @@
-"""optimize (node): DSPy against each target, starting from the best mined candidate."""
+"""optimize (node): foster's own tuner per target, then (with a reflection model, or when asked) DSPy beside it.
+
+Both are measured on a validation split carved from the train probes (never the held-out ones). The
+tuner's configuration, or a DSPy proposal, replaces the mined seed only when it beats it there by
+more than the interval, and a proposal with a lint error never enters the race.
+"""
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
@@ -8,9 +13,24 @@ from foster.agent.state import State
 from foster.agent.target import is_completion
 
 
+VALIDATION_FRACTION, VALIDATION_MIN, VALIDATION_MAX = 0.25, 8, 40
+
+
+def dspy_optimizer(optimizer: str, miner: str | None) -> str | None:
+    """Which DSPy optimizer runs beside the tuner: the one asked for, or by default GEPA only when a
+    reflection model (--miner) is given; a small target reflecting on its own prompt adds nothing."""
+    from foster.agent.optimize import TUNER
+
+    if optimizer not in TUNER:
+        return optimizer
+    return "gepa" if optimizer == "auto" and miner else None
+
+
 def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
-    """Run the configured DSPy optimizer per target within its call budget; export each result as a bundle."""
-    from foster.agent.optimize import TrainItem, optimize as run_optimizer
+    """Tune k, the pool, fixed vs retrieved examples and the rules per target; run DSPy beside it when asked."""
+    from foster.agent.mine import known_for_lint
+    from foster.agent.optimize import (TrainItem, accept_proposal, carve_validation, tune, validation_scores,
+                                       optimize as run_optimizer)
     from foster.prompts.bundle import Bundle
 
     ctx = runtime.context
@@ -19,38 +39,73 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
     rnd = state.get("round", 1)
     spec = state["spec"]
     cands = state.get("candidates") or []
-    variants = {t: list(cands) for t in c.targets}
+    variants = {t: [x for x in cands if not x.get("rejected")] for t in c.targets}
     stop = state.get("stop_reason")
+    known = known_for_lint(cands)
     with node_timer(state, "optimize") as times:
-        base_entry = next((x for x in cands if x["name"] == "miner-knn"), None) or \
+        seed_entry = next((x for x in cands if x["name"] == "miner-knn" and not _lint_errors(x)), None) or \
             next((x for x in cands if x["name"] == "mined-knn"), None)
-        train = [TrainItem(input=p["text"], teacher_mode=spec["probes"][p["id"]]["mode"],
-                           teacher_dist=spec["probes"][p["id"]]["dist"])
-                 for p in state["probes"] if p["split"] == "train"]
-        if base_entry and train and not stop:
-            base = Bundle.load(base_entry["path"])
-            for n, target in enumerate(c.targets):
-                try:
-                    ctx.check()
-                    from foster.agent import gateway
-
-                    with gateway.use_ledger(ctx.ledger):
-                        res = run_optimizer(base, train, target, optimizer=c.optimizer, budget_calls=c.budget_calls,
-                                            reflection_lm=c.miner, seed=c.seed, completion=is_completion(target),
-                                            max_tokens=c.max_new_tokens)
-                    b = res.bundle
-                    b.name = f"{c.optimizer}-{n}"
-                    b.targets = [target]
-                    b.provenance.run_id = ctx.run_id
-                    path = b.save(ctx.dir / "bundles" / f"{c.optimizer}-t{n}-r{rnd}")
-                    variants[target].append({"name": f"{c.optimizer}", "path": str(path), "baseline": False,
-                                             "calls_used": res.calls_used})
+        ingredients = next((x.get("ingredients") for x in cands if x["name"] == "mined-knn"), None) or {}
+        base = Bundle.load(seed_entry["path"]) if seed_entry else None
+        by_text = {p["text"]: p for p in state["probes"] if p["split"] == "train"}
+        # validation comes from the seed's own pool: in-distribution train inputs with the teacher's answers
+        items = [TrainItem(input=e.input, teacher_mode=spec["probes"][by_text[e.input]["id"]]["mode"],
+                           teacher_dist=spec["probes"][by_text[e.input]["id"]]["dist"])
+                 for e in (base.examples if base else []) if e.input in by_text]
+        n_val = max(VALIDATION_MIN, min(VALIDATION_MAX, round(VALIDATION_FRACTION * len(items))))
+        n_val = max(1, min(n_val, len(items) // 2, c.budget_calls // 2))
+        val, rest = carve_validation(items, n_val, seed=c.seed)
+        dspy_name = dspy_optimizer(c.optimizer, c.miner)
+        for n, target in enumerate(c.targets):
+            if base is None or not val or stop:
+                break
+            try:
+                ctx.check()
+                res = tune(base, val, target, ingredients=ingredients, budget_calls=c.budget_calls,
+                           max_tokens=c.max_new_tokens, seed=c.seed, complete=ctx.complete)
+                ctx.registry.append_event(ctx.run_id, "optimize", "progress",
+                                          f"{target}: tuner kept {res.log.get('chosen')}, compact "
+                                          f"{res.log.get('compact')} ({res.calls_used} calls)", log=res.log)
+                for name, b in (("tuned", res.tuned if res.log.get("chosen") not in (None, "seed") else None),
+                                ("compact", res.compact)):
+                    if b is not None:
+                        variants[target].append(_save(ctx, b, name, target, n, rnd, calls_used=res.calls_used,
+                                                      known=known))
+                if dspy_name:
+                    with ctx.scope():  # DSPy's calls: the run's ledger and models
+                        out = run_optimizer(base, [*rest] or val, target, optimizer=dspy_name,
+                                            budget_calls=c.budget_calls, reflection_lm=c.miner, seed=c.seed,
+                                            completion=is_completion(target), max_tokens=c.max_new_tokens)
+                    seed_scores = res.seed_scores or validation_scores(base, val, target, max_tokens=c.max_new_tokens,
+                                                                       seed=c.seed, complete=ctx.complete)
+                    ok, why = accept_proposal(out.bundle, seed_scores, val, target, max_tokens=c.max_new_tokens,
+                                              seed=c.seed, lint_known=known, complete=ctx.complete)
+                    entry = _save(ctx, out.bundle, dspy_name, target, n, rnd, calls_used=out.calls_used, known=known)
+                    if not ok:
+                        entry["rejected"] = why["reason"]
+                    entry["validation"] = why
+                    variants[target].append(entry)
                     ctx.registry.append_event(ctx.run_id, "optimize", "progress",
-                                              f"{target}: {c.optimizer} used {res.calls_used} calls", log=res.log)
-                except StopRun as e:
-                    stop = str(e)
-                    break
-                except Exception as e:  # a failed optimizer leaves the mined candidates in the race
-                    ctx.registry.append_event(ctx.run_id, "optimize", "error", f"{target}: {type(e).__name__}: {e}")
-                ctx.progress("optimize", n + 1, len(c.targets), target)
+                                              f"{target}: {dspy_name} used {out.calls_used} calls; "
+                                              f"{'accepted' if ok else 'kept the seed: ' + why['reason']}", log=out.log)
+            except StopRun as e:
+                stop = str(e)
+                break
+            except Exception as e:  # a failed optimizer leaves the mined candidates in the race
+                ctx.registry.append_event(ctx.run_id, "optimize", "error", f"{target}: {type(e).__name__}: {e}")
+            ctx.progress("optimize", n + 1, len(c.targets), target)
     return {"variants": variants, "stop_reason": stop, "usage": ctx.usage(), "node_seconds": times}
+
+
+def _lint_errors(entry: dict) -> list[dict]:
+    return [f for f in entry.get("lint") or [] if f.get("severity") == "error"]
+
+
+def _save(ctx: RunContext, bundle, name: str, target: str, n: int, rnd: int, *, calls_used: int, known: dict) -> dict:
+    """Export an optimized bundle for evaluation; its lint findings ride with it."""
+    bundle.name = name
+    bundle.targets = [target]
+    bundle.provenance.run_id = ctx.run_id
+    path = bundle.save(ctx.dir / "bundles" / f"{name}-t{n}-r{rnd}")
+    return {"name": name, "path": str(path), "baseline": False, "calls_used": calls_used,
+            "lint": [f.as_dict() for f in bundle.lint(**known)]}

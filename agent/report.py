@@ -6,14 +6,39 @@ def _f(x, nd=3):
     return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
+def _iv(iv: dict | None, value=None) -> str:
+    """A fidelity with its 95 % interval and n: '0.825 [0.68, 0.91] n=40'."""
+    if not iv:
+        return _f(value)
+    return f"{iv['value']:.3f} [{iv['low']:.2f}, {iv['high']:.2f}] n={iv['n']}"
+
+
+def _diff(d: dict | None) -> str:
+    if not d:
+        return ""
+    return f"{d['value']:+.3f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
 def summary_table(report: dict) -> str:
-    lines = [f"{'target':<40} {'zero-shot':>9} {'best':>7} {'ceiling':>8} {'cal.gap':>8}  best variant"]
+    lines = [f"{'target':<34} {'zero-shot':>26} {'shipped (95% interval, n)':>28} {'copy, no LLM':>26} "
+             f"{'ceiling':>8} {'cal.gap':>8}  variant (tokens/call)"]
     for t, s in report.get("targets", {}).items():
-        z = (s.get("zero_shot") or {}).get("fidelity")
+        z = s.get("zero_shot") or {}
         b = s["best"]
-        lines.append(f"{t:<40} {_f(z):>9} {_f(b.get('fidelity')):>7} {_f(s.get('ceiling')):>8} "
-                     f"{_f(s.get('calibration_gap')):>8}  {b.get('variant')}")
+        c = s.get("nearest_copy") or {}
+        lines.append(f"{t:<34} {_iv(z.get('interval'), z.get('fidelity')):>26} {_iv(b.get('interval'), b.get('fidelity')):>28} "
+                     f"{_iv(c.get('interval'), c.get('fidelity')):>26} {_f(s.get('ceiling')):>8} "
+                     f"{_f(s.get('calibration_gap')):>8}  {b.get('variant')} ({(b.get('tokens') or {}).get('o200k_base')})")
+        if c.get("verdict"):
+            lines.append(f"  {c['verdict']}")
     return "\n".join(lines)
+
+
+def _lint_lines(findings: list[dict]) -> list[str]:
+    if not findings:
+        return ["- lint: no findings"]
+    return [f"- lint {f['severity']}: `{f['code']}` {f['message']}" + (f" ({f['where']})" if f.get("where") else "")
+            for f in findings]
 
 
 def markdown(report: dict) -> str:
@@ -29,15 +54,29 @@ def markdown(report: dict) -> str:
         out.append(f"> {n}")
     out += ["", "## Per target", "", "```", summary_table(report), "```", ""]
     for t, s in report.get("targets", {}).items():
-        out += [f"### {t}", "", "| variant | fidelity | sampled agr. | cal. gap | tokens (o200k) | latency s | cost |",
-                "|---|---|---|---|---|---|---|"]
+        out += [f"### {t}", "", "| variant | fidelity [95 % interval] n | − best [95 %] | − copy [95 %] | sampled agr. | "
+                "cal. gap | tokens/call (o200k) | lint errors | latency s | cost |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for v in s.get("variants", []):
-            out.append(f"| {v['variant']}{' (baseline)' if v.get('baseline') else ''} | {_f(v.get('fidelity'))} | "
+            errs = sum(1 for f in v.get("lint") or [] if f.get("severity") == "error")
+            out.append(f"| {v['variant']}{' (baseline)' if v.get('baseline') else ''}"
+                       f"{' **shipped**' if v['variant'] == s['best']['variant'] else ''} | "
+                       f"{_iv(v.get('interval'), v.get('fidelity'))} | {_diff(v.get('vs_best'))} | {_diff(v.get('vs_copy'))} | "
                        f"{_f(v.get('sampled_agreement'))} | {_f(v.get('calibration_gap'))} | "
-                       f"{v.get('tokens', {}).get('o200k_base')} | {_f(v.get('latency_s'))} | {_f(v.get('cost'), 4)} |")
-        nc = (s.get("nearest_copy") or {}).get("fidelity")
-        out.append(f"| nearest recorded answer, no LLM (baseline) | {_f(nc)} | | | 0 | | 0 |")
+                       f"{v.get('tokens', {}).get('o200k_base')} | {errs} | {_f(v.get('latency_s'))} | {_f(v.get('cost'), 4)} |")
+        nc = s.get("nearest_copy") or {}
+        out.append(f"| nearest recorded answer, no LLM (baseline) | {_iv(nc.get('interval'), nc.get('fidelity'))} | | | | | 0 | | | 0 |")
         out.append("")
+        if nc.get("verdict"):
+            out += [f"**Copy baseline:** {nc['verdict']}.", ""]
+        sel = s.get("selection") or {}
+        if sel:
+            out.append(f"Shipped: `{sel.get('chosen')}`, the {sel.get('rule')} (best `{sel.get('best_fidelity')}`, "
+                       f"interval floor {_f(sel.get('floor'))}; within: {', '.join(sel.get('within_interval') or [])})."
+                       + (f" Blocked by lint errors: {', '.join(sel['blocked_by_lint'])}." if sel.get("blocked_by_lint") else ""))
+        for r in s.get("rejected") or []:
+            out.append(f"- optimizer proposal `{r['variant']}` not shipped: {r['reason']}")
+        out += ["", "Lint of the shipped bundle:"] + _lint_lines(s["best"].get("lint") or []) + [""]
         for cl in s.get("divergence_clusters", []):
             out.append(f"- divergent cluster {cl['cluster']}: fidelity {_f(cl['fidelity'])} over {cl['size']} probes; "
                        f"e.g. {'; '.join(repr(e) for e in cl['examples'])}")

@@ -32,10 +32,10 @@ def validate(config: RunConfig) -> None:
         read_jsonl(config.teacher_records, need_output=True)
     if config.train_data:
         read_jsonl(config.train_data, need_output=True)
-    from foster.agent.optimize import OPTIMIZERS
+    from foster.agent.optimize import OPTIMIZERS, TUNER
 
-    if config.optimizer not in OPTIMIZERS:
-        raise InputError(f"--optimizer {config.optimizer}: unknown (choose from {', '.join(OPTIMIZERS)})")
+    if config.optimizer not in (*TUNER, *OPTIMIZERS):
+        raise InputError(f"--optimizer {config.optimizer}: unknown (choose from {', '.join((*TUNER, *OPTIMIZERS))})")
 
 
 def new_run_id() -> str:

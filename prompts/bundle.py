@@ -351,6 +351,12 @@ class Bundle(BaseModel):
         """The answer `text` gives under this bundle's output contract."""
         return normalize_answer(text, self.output_contract)
 
+    def lint(self, **known: Any) -> list[Any]:
+        """Problems that keep this bundle from shipping (see prompts/lint.py; `known` sharpens them)."""
+        from foster.prompts.lint import lint
+
+        return lint(self, **known)
+
     # --- size ---------------------------------------------------------------------------------------
 
     def token_counts(

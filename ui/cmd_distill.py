@@ -35,7 +35,8 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miner", help="optional model that writes prose rules (and reflects for GEPA)")
     p.add_argument("--judge", help="optional model that scores free-text agreement")
     p.add_argument("--fidelity", choices=["auto", "exact", "embedding", "judge"], default="auto")
-    p.add_argument("--optimizer", default="gepa", help="gepa | miprov2 | simba | bootstrap")
+    p.add_argument("--optimizer", default="auto", help="auto (foster's tuner; GEPA beside it when --miner is given) | "
+                   "foster | gepa | miprov2 | simba | bootstrap")
     p.add_argument("--budget-calls", type=int, default=60, help="optimizer target calls per target per round")
     p.add_argument("--knn-k", type=int, default=6)
     p.add_argument("--max-rounds", type=int, default=2)
