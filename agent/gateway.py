@@ -1,42 +1,44 @@
 """The model gateway: every model call foster makes goes through `complete()`, i.e. through litellm.
 
 Any litellm model string works; `local/...` reaches the in-process provider (embedded GGUF
-models, PEFT adapters, registered fakes). Per-model endpoints and keys come from a `ModelSpec`
-registry (flags or a models YAML file) and are never written anywhere else. Every call is counted
-in the process-wide `Ledger` and in any ledger a run installed with `use_ledger`.
+models, PEFT adapters, registered fakes). Named models (a models file: several deployments per
+name, rpm/tpm limits, weights, fallbacks) are a `Models` built per run or per server and passed to
+each call; their calls go through a litellm.Router. Endpoints and keys are never registered in
+the process nor written anywhere. Every call is counted in the process-wide `Ledger` and in any
+ledger a run installed with `use_ledger`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel
 
-from foster.agent.local.registry import UnknownModelError
-from foster.agent.local.registry import local_models as _local_models
+from foster.agent.local.backend import UnknownModelError
+from foster.agent.models_file import Deployment, ModelsFile
+from foster.agent.local.catalog import local_models as _local_models
 
 __all__ = [
     "Completion",
+    "Deployment",
     "Ledger",
-    "ModelSpec",
+    "Models",
+    "ModelsFile",
     "UnknownModelError",
     "check_model",
     "complete",
     "count_tokens",
     "ledger",
-    "load_models_file",
     "local_models",
     "model_spec",
-    "register_model_spec",
-    "unregister_model_spec",
     "use_ledger",
+    "use_models",
 ]
 
 LOCAL_PREFIX = "local/"
@@ -58,61 +60,91 @@ class Completion(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------
-# Model specs: where a named model lives and how to authenticate
+# Models: a models file made callable. One per run (from its config) and one per server (from
+# `foster serve --models-file`); handed to `complete(models=...)`, never registered process-wide.
 
 
-class ModelSpec(BaseModel):
-    """A named model: its litellm string and, for remote models, endpoint and key (never saved)."""
+class Models:
+    """Named models and their deployments, behind one litellm.Router built on first use.
 
-    name: str = Field(description="what foster calls the model (a bundle's teacher/target id)")
-    model: str = Field(description="the litellm model string")
-    api_base: str | None = Field(default=None, description="endpoint, e.g. an OpenAI-compatible URL")
-    api_key_env: str | None = Field(default=None, description="environment variable holding the key")
-    api_key: SecretStr | None = Field(default=None, description="the key itself (from a flag)", repr=False)
+    A name whose only deployment is a `local/` model is called in-process directly; every other
+    named model goes through the Router (load balancing by weight, rpm/tpm limits, retries on
+    another replica, cooldown of failing replicas, fallbacks). Names not in the file are litellm
+    model strings passed through unchanged.
+    """
 
-    def key(self) -> str | None:
-        if self.api_key is not None:
-            return self.api_key.get_secret_value()
-        if self.api_key_env:
-            return os.environ.get(self.api_key_env)
-        return None
+    def __init__(self, file: ModelsFile | None = None):
+        self.file = file or ModelsFile()
+        self._router = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path) -> Models:
+        return cls(ModelsFile.load(path))
+
+    @classmethod
+    def for_run(cls, models_file: str | Path | None = None, endpoints: dict | None = None) -> Models:
+        """A run's models: its models file plus its per-model endpoint flags."""
+        file = ModelsFile.load(models_file) if models_file else ModelsFile()
+        return cls(file.with_endpoints(endpoints or {}))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.file.models
+
+    def spec(self, name: str) -> Deployment:
+        """The first deployment of `name` (what checks and token counts look at), or `name` itself."""
+        deployments = self.file.models.get(name)
+        return deployments[0] if deployments else Deployment(model=name)
+
+    def routed(self, name: str) -> bool:
+        deployments = self.file.models.get(name)
+        if not deployments:
+            return False
+        return not (len(deployments) == 1 and deployments[0].local and name not in self.file.fallbacks)
+
+    @property
+    def router(self):
+        with self._lock:
+            if self._router is None:
+                litellm = _litellm()
+                limited = any(d.rpm or d.tpm for ds in self.file.models.values() for d in ds)
+                self._router = litellm.Router(
+                    model_list=self.file.router_model_list(),
+                    fallbacks=[{name: names} for name, names in self.file.fallbacks.items()] or None,
+                    num_retries=self.file.num_retries,
+                    allowed_fails=self.file.allowed_fails,
+                    cooldown_time=self.file.cooldown_s,
+                    routing_strategy="simple-shuffle",  # weighted by `weight`
+                    # rpm/tpm are enforced before a request is sent; complete() waits and asks again
+                    optional_pre_call_checks=["enforce_model_rate_limits"] if limited else None,
+                )
+            return self._router
 
 
-_SPECS: dict[str, ModelSpec] = {}
-_SPECS_LOCK = threading.Lock()
+_MODELS: contextvars.ContextVar[Models | None] = contextvars.ContextVar("foster_models", default=None)
 
 
-def register_model_spec(spec: ModelSpec) -> ModelSpec:
-    with _SPECS_LOCK:
-        _SPECS[spec.name] = spec
-    return spec
+@contextlib.contextmanager
+def use_models(models: Models | None) -> Iterator[Models | None]:
+    """`complete()` calls in this context (and in contexts copied from it) use `models` by default.
+
+    Scoped like `use_ledger`: when the block ends, nothing of it is left in the process.
+    """
+    token = _MODELS.set(models)
+    try:
+        yield models
+    finally:
+        _MODELS.reset(token)
 
 
-def unregister_model_spec(name: str) -> None:
-    with _SPECS_LOCK:
-        _SPECS.pop(name, None)
+def _models(models: Models | None) -> Models | None:
+    return models if models is not None else _MODELS.get()
 
 
-def model_spec(name: str) -> ModelSpec:
-    """The registered spec for `name`, or a bare spec that passes `name` to litellm unchanged."""
-    with _SPECS_LOCK:
-        spec = _SPECS.get(name)
-    return spec if spec is not None else ModelSpec(name=name, model=name)
-
-
-def load_models_file(path: str | Path) -> list[ModelSpec]:
-    """Register every `{name: {model, api_base, api_key_env}}` entry of a YAML file."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of model name -> {{model, api_base, api_key_env}}")
-    specs = []
-    for name, entry in data.items():
-        entry = {"model": entry} if isinstance(entry, str) else dict(entry or {})
-        entry.setdefault("model", name)
-        specs.append(register_model_spec(ModelSpec(name=str(name), **entry)))
-    return specs
+def model_spec(name: str, models: Models | None = None) -> Deployment:
+    """Where `name` lives: its first deployment in `models` (or the context's), else `name` unchanged."""
+    models = _models(models)
+    return models.spec(name) if models is not None else Deployment(model=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,27 +245,30 @@ def _litellm():
     return litellm
 
 
-def is_local(model: str) -> bool:
-    return model_spec(model).model.startswith(LOCAL_PREFIX)
+def is_local(model: str, models: Models | None = None) -> bool:
+    return model_spec(model, models).model.startswith(LOCAL_PREFIX)
 
 
-def check_model(model: str) -> None:
+def check_model(model: str, models: Models | None = None) -> None:
     """Raise UnknownModelError (one line) unless `model` names a provider/alias we can call.
 
-    Local names are checked against the registry and the file system; weights are not loaded.
+    A named model's every deployment is checked. Local names are checked against the registry
+    and the file system; weights are not loaded.
     """
-    spec = model_spec(model)
-    if spec.model.startswith(LOCAL_PREFIX):
-        from foster.agent.local import registry
+    models = _models(models)
+    specs = models.file.models.get(model) if models is not None else None
+    for spec in specs or [Deployment(model=model)]:
+        if spec.model.startswith(LOCAL_PREFIX):
+            from foster.agent.local import registry
 
-        registry.check(spec.model)
-        return
-    litellm = _litellm()
-    try:
-        litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
-    except Exception as exc:  # litellm raises BadRequestError with a multi-line message
-        provider = spec.model.split("/", 1)[0] if "/" in spec.model else spec.model
-        raise UnknownModelError(f"unknown model provider {provider!r} in {spec.model!r} (not a litellm provider, nor local/)") from exc
+            registry.check(spec.model)
+            continue
+        litellm = _litellm()
+        try:
+            litellm.get_llm_provider(model=spec.model, api_base=spec.api_base)
+        except Exception as exc:  # litellm raises BadRequestError with a multi-line message
+            provider = spec.model.split("/", 1)[0] if "/" in spec.model else spec.model
+            raise UnknownModelError(f"unknown model provider {provider!r} in {spec.model!r} (not a litellm provider, nor local/)") from exc
 
 
 def complete(
@@ -251,26 +286,32 @@ def complete(
     timeout: float | None = None,
     api_base: str | None = None,
     api_key: str | None = None,
+    models: Models | None = None,
 ) -> Completion:
     """Call `model` once (n samples) with chat `messages` or a completion `prompt`.
 
-    Local models are sampled n times with seed, seed+1, ...; they are not retried (their failures
-    are deterministic). `api_base` / `api_key` override the model's registered spec.
+    `models` (default: the one installed by `use_models`) resolves named models; a routed name is
+    called through its Router, which picks a deployment, retries on another and waits out rpm/tpm
+    limits. Local models are sampled n times with seed, seed+1, ...; they are not retried (their
+    failures are deterministic). `api_base` / `api_key` call `model` directly at that endpoint.
     """
     if (messages is None) == (prompt is None):
         raise ValueError("complete() takes exactly one of messages= or prompt=")
-    spec = model_spec(model)
-    check_model(model)
+    models = _models(models)
+    routed = models is not None and api_base is None and api_key is None and models.routed(model)
+    spec = model_spec(model, models)
+    check_model(model, models)
     litellm = _litellm()
-    local = spec.model.startswith(LOCAL_PREFIX)
+    local = spec.model.startswith(LOCAL_PREFIX) and not routed
     kwargs: dict = dict(
-        model=spec.model,
+        model=model if routed else spec.model,
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_tokens,
         n=n,
-        num_retries=0 if local else num_retries,
     )
+    if not routed:  # the Router retries by its own policy (on another deployment when it can)
+        kwargs["num_retries"] = 0 if local else num_retries
     if stop:
         kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
     if seed is not None:
@@ -279,6 +320,7 @@ def complete(
         kwargs["timeout"] = timeout
     if not local:
         kwargs["drop_params"] = True  # e.g. a provider without `seed` still answers
+    if not local and not routed:
         base, key = api_base or spec.api_base, api_key or spec.key()
         if base:
             kwargs["api_base"] = base
@@ -287,11 +329,15 @@ def complete(
 
     start = time.perf_counter()
     try:
-        if prompt is not None:  # the local provider sees text_completion and sends it verbatim
+        if routed:
+            response = _routed(models.router, prompt, messages, kwargs, timeout)
+        elif prompt is not None:  # the local provider sees text_completion and sends it verbatim
             response = litellm.text_completion(prompt=prompt, **kwargs)
-            texts = [c.text or "" for c in response.choices]
         else:
             response = litellm.completion(messages=messages, **kwargs)
+        if prompt is not None:
+            texts = [c.text or "" for c in response.choices]
+        else:
             texts = [c.message.content or "" for c in response.choices]
     except Exception:
         _record(model, seconds=time.perf_counter() - start, error=True)
@@ -312,6 +358,32 @@ def complete(
     )
 
 
+def _routed(router, prompt: str | None, messages: list[dict] | None, kwargs: dict, timeout: float | None):
+    """One call through the Router; when every deployment is at its rpm/tpm limit, wait and ask again.
+
+    The Router refuses (RateLimitError, no request sent) rather than queue; waiting here is what
+    turns a deployment's rpm into a bound on the call rate. Limits are counted per minute.
+    """
+    import litellm
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempt = 0
+    while True:
+        try:
+            if prompt is not None:
+                return router.text_completion(prompt=prompt, **kwargs)
+            return router.completion(messages=messages, **kwargs)
+        except litellm.RateLimitError as exc:
+            if "Model rate limit exceeded" not in str(exc):
+                raise  # the provider's own 429, after the Router's retries
+            to_next_minute = 60.0 - time.time() % 60.0 + 0.05
+            delay = min(0.05 * 2 ** min(attempt, 10), to_next_minute)
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            attempt += 1
+
+
 def _cost(litellm, response) -> float:
     try:
         return float(litellm.completion_cost(completion_response=response) or 0.0)
@@ -319,9 +391,9 @@ def _cost(litellm, response) -> float:
         return 0.0
 
 
-def count_tokens(model: str, text: str) -> int | None:
+def count_tokens(model: str, text: str, models: Models | None = None) -> int | None:
     """`text` in the local model's own tokens (loads it); None for remote models and fakes."""
-    spec = model_spec(model)
+    spec = model_spec(model, models)
     if not spec.model.startswith(LOCAL_PREFIX):
         return None
     from foster.agent.local import registry
@@ -338,12 +410,12 @@ def local_models() -> list[tuple[str, bool, str]]:
 # Many calls to one model at once
 
 
-def default_concurrency(model: str) -> int:
+def default_concurrency(model: str, models: Models | None = None) -> int:
     """Calls one model may have in flight: 1 for in-process local models (CPU-bound, a lock per model
     anyway), FOSTER_REMOTE_CONCURRENCY (8) for endpoints, whose latency is mostly waiting."""
     import os
 
-    if is_local(model):
+    if is_local(model, models):
         return max(1, int(os.environ.get("FOSTER_LOCAL_CONCURRENCY", 1)))
     return max(1, int(os.environ.get("FOSTER_REMOTE_CONCURRENCY", 8)))
 

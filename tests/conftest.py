@@ -22,7 +22,6 @@ def foster_state(tmp_path, monkeypatch) -> Iterator[None]:
     clear_registered_backends()
     gateway = sys.modules.get("foster.agent.gateway")
     if gateway is not None:
-        gateway._SPECS.clear()
         gateway.process_ledger().reset()
     litellm = sys.modules.get("litellm")
     if litellm is not None:

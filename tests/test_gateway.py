@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from foster.agent import gateway
-from foster.agent.gateway import Completion, Ledger, ModelSpec, UnknownModelError, check_model, complete, ledger, use_ledger
+from foster.agent.gateway import Completion, Ledger, UnknownModelError, check_model, complete, ledger, use_ledger
 
 
 def _echo(request) -> str:
@@ -137,23 +137,6 @@ def test_unknown_provider_and_alias_are_one_line_errors(tmp_path):
     with pytest.raises(UnknownModelError, match="adapter directory not found"):
         check_model(f"local/smollm2-135m-instruct@{tmp_path}/no-adapter")
     check_model("openai/gpt-4o-mini")  # known provider: no call, no key needed
-
-
-def test_model_specs_from_a_yaml_file(tmp_path, fake_model, monkeypatch):
-    model, backend = fake_model(lambda r: "from the spec")
-    path = tmp_path / "models.yaml"
-    path.write_text(
-        f"teacher:\n  model: {model}\nremote:\n  model: openai/my-ft\n  api_base: http://127.0.0.1:9/v1\n  api_key_env: MY_KEY\n"
-    )
-    specs = gateway.load_models_file(path)
-    assert [s.name for s in specs] == ["teacher", "remote"]
-    assert complete("teacher", prompt="x").texts == ["from the spec"]
-    assert gateway.process_ledger().snapshot()["teacher"]["calls"] == 1
-    monkeypatch.setenv("MY_KEY", "sk-test")
-    remote = gateway.model_spec("remote")
-    assert (remote.model, remote.api_base, remote.key()) == ("openai/my-ft", "http://127.0.0.1:9/v1", "sk-test")
-    secret = gateway.register_model_spec(ModelSpec(name="s", model="openai/x", api_key="sk-secret"))
-    assert "sk-secret" not in repr(secret) and "sk-secret" not in secret.model_dump_json()
 
 
 def test_count_tokens_is_none_for_remote_and_fakes(fake_model):

@@ -101,7 +101,7 @@ def commands() -> dict[str, Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foster", description="Adopt an orphaned fine-tune onto a new base model.")
-    parser.add_argument("--models-file", help="YAML of named models: {name: {model, api_base, api_key_env}}")
+    parser.add_argument("--models-file", help="YAML of named models: deployments (api_base, api_key_env, rpm, tpm, weight) and fallbacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands().values():
         p = sub.add_parser(command.name, help=command.help, description=command.help)
@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     from foster.agent.local.registry import UnknownModelError
 
     try:
-        if args.models_file:
-            from foster.agent.gateway import load_models_file
+        from foster.agent.gateway import Models, use_models
 
-            load_models_file(args.models_file)
-        code = args._run(args)
+        # the command's named models, for its duration only (a run started here reads the file itself)
+        with use_models(Models.load(args.models_file) if args.models_file else None):
+            code = args._run(args)
     except (CommandError, UnknownModelError, FileNotFoundError) as exc:
         print(f"foster: error: {_one_line(exc)}", file=sys.stderr)
         return 2

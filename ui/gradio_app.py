@@ -219,14 +219,14 @@ def add_ui_arguments(parser) -> None:
     """`foster ui` options (an argparse parser or sub-parser)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--models", metavar="YAML", help="models file: endpoints and key variables per model name")
+    parser.add_argument("--models-file", "--models", dest="models", metavar="YAML",
+                        help="models file: deployments per model name (rpm, weights, fallbacks)")
 
 
 def run_ui(args) -> int:
     """Start `foster ui` from parsed arguments."""
-    if getattr(args, "models", None):
-        from foster.agent.gateway import load_models_file
+    from foster.agent.gateway import Models, use_models
 
-        load_models_file(args.models)
-    launch_ui(args.host, args.port)
+    with use_models(Models.load(args.models) if getattr(args, "models", None) else None):
+        launch_ui(args.host, args.port)
     return 0

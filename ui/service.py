@@ -403,17 +403,19 @@ def add_serve_arguments(parser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--no-ui", action="store_true", help="serve the API only, without the Gradio app at /ui")
-    parser.add_argument("--models", metavar="YAML", help="models file: endpoints and key variables per model name")
+    parser.add_argument("--models-file", "--models", dest="models", metavar="YAML",
+                        help="models file for serving: deployments per model name (rpm, weights, fallbacks)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
 def run_serve(args) -> int:
     """Start `foster serve` from parsed arguments."""
-    if getattr(args, "models", None):
-        from foster.agent.gateway import load_models_file
+    from foster.agent.gateway import Models, use_models
 
-        load_models_file(args.models)
+    models = Models.load(args.models) if getattr(args, "models", None) else None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):
         print(f"warning: serving on {args.host} without {TOKEN_ENV}: anyone who reaches it can start runs")
-    serve(args.host, args.port, ui=not args.no_ui, log_level=args.log_level)
+    # the server's own models: request handlers and their worker threads inherit this context
+    with use_models(models):
+        serve(args.host, args.port, ui=not args.no_ui, log_level=args.log_level)
     return 0
