@@ -43,7 +43,9 @@ def adapter_model(target: str, adapter_dir: str | Path) -> str:
 
 
 def base_weights(target: str, options: LoraOptions) -> Path:
-    """The weights training starts from: the target's GGUF (or --base-weights)."""
+    """The weights training starts from: the target's GGUF (or --base-weights, or its target_weights entry)."""
+    if options.target_weights.get(target):
+        return Path(options.target_weights[target])
     if options.base_weights:
         return Path(options.base_weights)
     from foster.agent.local import registry
@@ -83,9 +85,10 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
                  show_bar: bool = False) -> dict:
     """Data → training (or JSONL) → evaluation for one target; returns the report's "lora" section."""
     from foster.agent import gateway
-    from foster.agent.lora import data
+    from foster.agent.lora import data, pilot
 
-    target = choose_target(ctx, state, options)
+    # several local targets and none named: a short pilot per target on the same data picks (agent/lora/pilot.py)
+    target, pilot_section = pilot.choose(ctx, state, options, progress=listener)
     job = job_dir(ctx.dir, target)
     job.mkdir(parents=True, exist_ok=True)
     local = gateway.is_local(target)
@@ -108,6 +111,8 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
     rows, info = data.build(ctx, state, job, bundle, target, options, progress=progress)
     secs["data"] = round(time.time() - t0, 1)
     section: dict = {"target": target, "bundle": bundle_path, "data": info, "options": options.model_dump()}
+    if pilot_section:
+        section["pilot"] = pilot_section
 
     if not local:
         return {**section, **_provider_job(ctx, job, status, rows, target, options), "seconds": secs}
@@ -165,6 +170,10 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
     write_job(job, status, status="done", phase="", finished_at=time.time(),
               message=f"held-out fidelity {section['fidelity']}, general agreement "
                       f"{section['general_capability']['agreement']}")
+    also = pilot.others(pilot_section, target)
+    if also:  # --lora-targets all: every other target too, each reported beside the chosen one
+        section["others"] = [run_fallback(ctx, state, options.model_copy(update={"target": t}), listener, show_bar)
+                             for t in also]
     return section
 
 
