@@ -136,7 +136,7 @@ def test_free_text_calibration_differs_between_arms_through_evaluation(tmp_path,
     config = RunConfig(teacher=t_model, targets=[m_model, s_model, c_model], samples=2)
     reg = RunRegistry()
     reg.create("free", config.model_dump(), status="running")
-    ctx = RunContext(run_id="free", config=config, registry=reg, ledger=gateway.Ledger())
+    ctx = RunContext.open("free")
     probes = [{"id": f"p{i}", "text": m, "split": "heldout" if i % 2 else "train", "kind": "historical", "round": 1,
                "gold": None} for i, m in enumerate(MESSAGES[:12])]  # small: every sample is a model call
     obs = {p["id"]: [{"t": t, "i": i, "output": gateway.complete(t_model, messages=[{"role": "user", "content": p["text"]}],

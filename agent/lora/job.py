@@ -48,6 +48,17 @@ class LoraOptions(BaseModel):
     base_weights: str | None = Field(default_factory=lambda: _env("FOSTER_LORA_BASE_WEIGHTS", None),
                                      description="weights to train (a GGUF file or a Hugging Face model dir); "
                                                  "default the target's own GGUF")
+    target_weights: dict[str, str] = Field(default_factory=dict,
+                                           description="weights to train per target (several targets), like base_weights")
+    lora_targets: Literal["pilot", "all"] = Field(default_factory=lambda: _env("FOSTER_LORA_TARGETS", "pilot"),
+                                                  description="several local targets: pilot each and train the best "
+                                                              "(pilot), or train every one (all)")
+    pilot_steps: int = Field(default_factory=lambda: _env("FOSTER_LORA_PILOT_STEPS", 12, int),
+                             description="training steps of each target's pilot")
+    labels: Literal["gold", "target", "agree"] = Field(
+        default_factory=lambda: _env("FOSTER_LORA_LABELS", "agree"),
+        description="re-label path: train on gold labels, on the target's own re-labels, or on the target's "
+                    "re-label where it agrees with gold and gold where not (agree)")
     submit: bool = Field(False, description="remote targets: submit the JSONL through litellm's fine-tuning API")
     base_model: str | None = Field(default_factory=lambda: _env("FOSTER_LORA_BASE_MODEL", None),
                                    description="remote targets: the provider model to fine-tune (default: the target)")
@@ -59,7 +70,7 @@ class LoraOptions(BaseModel):
             raise ValueError(f"--mix must be in [0, 1), got {v}")
         return v
 
-    @field_validator("steps", "batch_size", "rank", "checkpoint_every")
+    @field_validator("steps", "batch_size", "rank", "checkpoint_every", "pilot_steps")
     @classmethod
     def _positive(cls, v: int, info) -> int:
         if v < 1:
