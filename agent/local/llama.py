@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from foster.agent.local.registry import (
+from foster.agent.local.backend import (
     TRANSCRIPT_STOP,
     Backend,
     Generation,

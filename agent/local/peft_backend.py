@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from foster.agent.local.registry import (
+from foster.agent.local.backend import (
     TRANSCRIPT_STOP,
     Backend,
     Generation,

@@ -18,7 +18,7 @@ from litellm.llms.custom_llm import CustomLLM, CustomLLMError
 from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
 
 from foster.agent.local import registry
-from foster.agent.local.registry import Generation, LocalRequest, message_text
+from foster.agent.local.backend import Generation, LocalRequest, message_text
 
 PROVIDER = "local"
 RAW_PROMPT_FLAG = "foster_raw_prompt"

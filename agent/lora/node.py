@@ -120,11 +120,13 @@ def run_fallback(ctx: RunContext, state: dict, options: LoraOptions, listener: L
     # -- train in-process
     from foster.agent.lora import train as trainer
 
-    alias = target.removeprefix("local/").split("@")[0]
+    from foster.agent.local.catalog import embedded
+
+    entry = embedded(target)
     cfg = trainer.TrainConfig(steps=options.steps, seconds=options.seconds, batch_size=options.batch_size,
                               lr=options.lr, rank=options.rank, alpha=options.alpha,
                               checkpoint_every=options.checkpoint_every, seed=ctx.config.seed, threads=options.threads,
-                              base_model_name=HF_BASES.get(alias))
+                              base_model_name=entry.hf_base if entry else None)
     status = write_job(job, status, phase="train", total=cfg.steps)
     last = {"t": 0.0}
 
@@ -224,7 +226,9 @@ def evaluate(ctx: RunContext, state: dict, job: Path, target: str, model: str, b
     from foster.agent.lora import evaluate as lev
     from foster.store.runs import write_json_atomic
 
-    lev.forget_loaded(model)
+    from foster.agent.local import registry
+
+    registry.evict(model)  # weights rewritten in place (a resumed or retrained adapter) are read again
     progress("evaluate", 0, 1, "held-out probes")
     summary, columns, answers = lev.heldout(ctx, job, model, bundle_path, state, adapter_dir)
     _merge_grid(ctx, columns, answers)

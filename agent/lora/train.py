@@ -90,7 +90,7 @@ def _is_chat(tokenizer) -> bool:
 def render_text(tokenizer, row: dict) -> tuple[str, str, bool]:
     """(prompt text, answer text, add special tokens to the prompt): the request as the serving
     backends render it, and the answer followed by what ends it there."""
-    from foster.agent.local.registry import TRANSCRIPT_STOP, render_transcript
+    from foster.agent.local.backend import TRANSCRIPT_STOP, render_transcript
 
     req, out = row["request"], row["output"]
     end = not row.get("truncated")
