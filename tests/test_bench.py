@@ -14,39 +14,49 @@ def test_compare_harness_on_fakes(tmp_path, fake_model):
 
     teacher, _ = fake_model(fakes.teacher, "fake-teacher")
     target, target_backend = fake_model(fakes.target, "fake-target")
+    other, other_backend = fake_model(fakes.target, "fake-other")
     inputs = tmp_path / "inputs.jsonl"
-    inputs.write_text("\n".join(json.dumps({"input": x}) for x in fakes.HISTORICAL[:12]) + "\n")
+    inputs.write_text("\n".join(json.dumps({"input": x}) for x in fakes.HISTORICAL[:16]) + "\n")
     domain = compare.Domain("fake_routing", teacher, str(inputs), "Route the ticket.", 8)
-    settings = compare.Settings(budget_calls=6, max_rounds=1, synth_per_kind=1, samples=1, temperatures=(0.0, 1.0))
+    settings = compare.Settings(budget_calls=8, max_rounds=1, synth_per_kind=1, samples=1, temperatures=(0.0, 1.0),
+                                knn_k=2)
 
-    result = compare.run(quick=True, target=target, home=str(tmp_path / "home"), out_dir=tmp_path / "results",
-                         domain_list=[domain], settings=settings)
+    result = compare.run(quick=True, targets=[target, other], home=str(tmp_path / "home"),
+                         out_dir=tmp_path / "results", domain_list=[domain], settings=settings)
 
     d = result["domains"]["fake_routing"]
     assert "error" not in d, d
-    assert set(d["arms"]) == set(compare.ARMS)
-    assert d["answer_kind"] == "closed"
-    budget = d["budget_calls"]
-    assert budget >= 1
-    for name in ("dspy-gepa", "dspy-mipro"):
-        arm = d["arms"][name]
-        assert arm["opt_calls"] <= budget  # the cap: no optimizer outspends foster
-        assert arm["opt_calls"] + arm["eval_calls"] == arm["target_calls"]
-        assert arm["eval_calls"] >= d["heldout_probes"] * (1 + len(settings.sample_plan()))
-        assert arm["prompt_tokens"] > 0
-    for name, arm in d["arms"].items():
-        assert 0.0 <= arm["fidelity"] <= 1.0, name
-        assert arm["ceiling"] == d["ceiling"]
-        assert arm["target_calls"] >= 0 and arm["wall_s"] >= 0
-    foster = d["arms"]["foster"]
-    assert foster["opt_calls"] + foster["eval_calls"] == foster["target_calls"]
-    assert foster["fidelity"] == foster["variants"][foster["variant"]]
-    # the zero-shot arm asks the same bundle foster's own zero-shot baseline used: same answers, same score
-    assert d["arms"]["zero-shot"]["fidelity"] == foster["report_zero_shot"]
-    assert "fidelity_points_over_gepa" in d["goals"] and "in_model_share" in d["goals"]
+    assert d["answer_kind"] == "closed" and set(d["targets"]) == {target, other}
+    for name, t in d["targets"].items():
+        assert "error" not in t, t
+        assert set(t["arms"]) == set(compare.ARMS)
+        budget = t["budget_calls"]
+        assert budget >= 1
+        for arm_name in ("dspy-gepa", "dspy-mipro", "dspy-knn"):
+            arm = t["arms"][arm_name]
+            assert arm["opt_calls"] <= budget  # the cap: no optimizer outspends foster on this target
+            assert arm["opt_calls"] + arm["eval_calls"] == arm["target_calls"]
+            assert arm["eval_calls"] >= d["heldout_probes"] * (1 + len(settings.sample_plan()))
+            assert arm["prompt_tokens"] > 0
+        assert t["arms"]["dspy-knn"]["opt_calls"] == 0  # retrieval only: compiling costs nothing
+        copy = t["arms"]["copy"]
+        assert copy["target_calls"] == 0 and copy["prompt_tokens"] == 0
+        for arm_name, arm in t["arms"].items():
+            iv = arm["interval"]
+            assert iv["n"] == d["heldout_probes"] and iv["low"] <= arm["fidelity"] <= iv["high"], arm_name
+            assert arm["vs_foster"]["low"] <= arm["vs_foster"]["value"] <= arm["vs_foster"]["high"]
+            assert "vs_copy" in arm and arm["ceiling"] == d["ceiling"]
+        foster = t["arms"]["foster"]
+        assert foster["vs_foster"]["value"] == 0.0 and copy["vs_copy"]["value"] == 0.0
+        assert foster["opt_calls"] + foster["eval_calls"] == foster["target_calls"]
+        assert foster["fidelity"] == foster["variants"][foster["variant"]]
+        # the zero-shot arm asks the same bundle foster's own zero-shot baseline used: same answers, same score
+        assert t["arms"]["zero-shot"]["fidelity"] == foster["report_zero_shot"]
+        assert t["arms"]["copy"]["fidelity"] == foster["nearest_copy"]
+        assert {"shipped_vs_copy", "prompt_tokens_per_call"} <= set(t["goals"])
 
     written = sorted(p.name for p in (tmp_path / "results").iterdir())
     assert any(n.endswith(".json") for n in written) and any(n.endswith(".md") for n in written)
     md = next((tmp_path / "results").glob("*.md")).read_text()
-    assert "| fake_routing | foster |" in md and "dspy-gepa" in md
-    assert target_backend.calls > 0
+    assert "| fake_routing | fake-target | foster (" in md and "dspy-knn" in md and "shipped_vs_copy" in md
+    assert target_backend.calls > 0 and other_backend.calls > 0
