@@ -105,6 +105,32 @@ def execute(run_id: str, on_event: Callable[[dict], None] | None = None, graph=N
     return values
 
 
+def run_lora(run_id: str, options=None, listener: Callable[[str, int, int, str], None] | None = None,
+             show_bar: bool = True) -> dict:
+    """The LoRA fallback on a finished run: its graph forked at decide and resumed through lora → bundle.
+
+    The bundle node writes report.json|md and best_bundle exactly as in a run that fell back by itself;
+    `options` (agent/lora/job.py LoraOptions) are saved where the lora node reads them.
+    """
+    from foster.agent.graph import build_graph
+    from foster.store.checkpoints import checkpointer
+    from foster.store.runs import RunRegistry, write_json_atomic
+
+    reg = RunRegistry()
+    if not reg.exists(run_id):
+        raise InputError(f"no run {run_id} (see `foster runs`)")
+    state = run_state(run_id)
+    if not state.get("spec") or not state.get("evaluation"):
+        raise InputError(f"run {run_id} has not been evaluated yet (finish it with `foster resume {run_id}`)")
+    if options is not None:
+        write_json_atomic(reg.run_dir(run_id) / "lora" / "options.json", options.model_dump())
+    graph = build_graph(checkpointer())
+    # stop_reason cleared: a run stopped by a cap is forked for the fallback the user now asks for
+    graph.update_state(_thread(run_id), {"next": "lora", "stop_reason": None}, as_node="decide")
+    values = execute(run_id, graph=graph, listener=listener, show_bar=show_bar)
+    return values["evaluation"]["lora"]
+
+
 def start_run(config: RunConfig | dict, background: bool = False,
               on_event: Callable[[dict], None] | None = None) -> str:
     config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)

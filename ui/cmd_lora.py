@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from foster.agent.config import InputError
     from foster.agent.lora.job import LoraOptions, job_status
-    from foster.agent.lora.node import run_lora
+    from foster.agent.runs import run_lora
     from foster.agent.lora.report import lora_markdown
     from foster.store.runs import RunRegistry
 

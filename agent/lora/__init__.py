@@ -7,7 +7,7 @@
     openai_ft.py      chat fine-tuning JSONL (validated) and provider submission, for remote targets
     evaluate.py       the adapter scored like a bundle, plus the general-capability check
     job.py            options and the job's status (job.json)
-    node.py           the `lora` graph node and `run_lora(run_id)` for a finished run
+    node.py           the `lora` graph node (a finished run reaches it by a fork: agent/runs.py run_lora)
 
 Nothing heavy is imported here: torch, transformers and peft load inside the functions that train.
 """

@@ -1,9 +1,9 @@
 """lora (node): when prompting plateaus below the threshold, distil the teacher into a LoRA adapter on the
 target, score it like a bundle, and make "bundle + adapter" the run's best artifact when it wins.
 
-`lora(state, runtime)` is the graph node. `run_lora(run_id)` forks a finished run's graph at decide and
-resumes it through lora → bundle, so a fallback asked for later writes the same report as one the run
-took itself. Local GGUF targets train in-process; remote targets get a validated fine-tuning JSONL
+`lora(state, runtime)` is the graph node; `foster lora RUN` reaches it by forking the finished run's
+graph at decide (agent/runs.py run_lora), so a fallback asked for later writes the same report as one
+the run took itself. Local GGUF targets train in-process; remote targets get a validated fine-tuning JSONL
 (submitted through litellm when asked). Every stage writes to runs/<id>/lora/<target>/ first, so a
 killed job resumes: generated data is reused, teacher answers come from the store, training continues
 from its last checkpoint.
@@ -320,33 +320,3 @@ def step(ctx: RunContext, state: State) -> dict:
 def lora(state: State, runtime: Runtime[RunContext]) -> dict:
     """Distil the teacher into a LoRA adapter on the target and score it like a bundle."""
     return step(runtime.context, state)
-
-
-# -- a finished run ----------------------------------------------------------------------------------
-
-def run_lora(run_id: str, options: LoraOptions | None = None, listener: Listener | None = None,
-             show_bar: bool = True) -> dict:
-    """The fallback on a finished run: its graph forked at decide and resumed through lora → bundle.
-
-    The bundle node writes report.json|md and best_bundle exactly as in a run that fell back by itself.
-    """
-    from foster.agent.config import InputError
-    from foster.agent.graph import build_graph
-    from foster.agent.runs import execute, run_state
-    from foster.store.checkpoints import checkpointer
-    from foster.store.runs import RunRegistry, write_json_atomic
-
-    reg = RunRegistry()
-    if not reg.exists(run_id):
-        raise InputError(f"no run {run_id} (see `foster runs`)")
-    state = run_state(run_id)
-    if not state.get("spec") or not state.get("evaluation"):
-        raise InputError(f"run {run_id} has not been evaluated yet (finish it with `foster resume {run_id}`)")
-    if options is not None:
-        write_json_atomic(reg.run_dir(run_id) / "lora" / "options.json", options.model_dump())
-    graph = build_graph(checkpointer())
-    # stop_reason cleared: a run stopped by a cap is forked for the fallback the user now asks for
-    graph.update_state({"configurable": {"thread_id": run_id}}, {"next": "lora", "stop_reason": None},
-                       as_node="decide")
-    values = execute(run_id, graph=graph, listener=listener, show_bar=show_bar)
-    return values["evaluation"]["lora"]
