@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["bench.gateway", "bench.service", "bench.probing", "bench.compare"]
+BENCHMARKS = ["bench.gateway", "bench.service", "bench.probing", "bench.router", "bench.compare"]
 
 
 def main(argv: list[str] | None = None) -> int:
