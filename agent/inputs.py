@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from foster.agent.config import InputError
+from foster.agent.config import InputError, secret_in
+
+MAX_LINE_BYTES = 100_000  # one input is one prompt: a longer line is a wrong file, not an input
 
 INPUT_KEYS = ("input", "prompt", "text", "question")
 OUTPUT_KEYS = ("output", "completion", "answer", "label", "response")
@@ -29,9 +32,16 @@ def read_jsonl(path: str | Path, need_output: bool = False) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
+    limit = max_line_bytes()
     rows: list[dict] = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(p, "rb") as f:
+        for n, raw in enumerate(_lines(f, limit), 1):
+            if raw is None:
+                raise InputError(f"{p}:{n}: line longer than {limit} bytes (FOSTER_MAX_LINE_BYTES)")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{p}:{n}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -48,7 +58,31 @@ def read_jsonl(path: str | Path, need_output: bool = False) -> list[dict]:
             y = _pick(obj, OUTPUT_KEYS)
             if need_output and (y is None or not y.strip()):
                 raise InputError(f"{p}:{n}: missing a non-empty 'output' field")
+            for text in (x, y or ""):
+                problem = secret_in(text)
+                if problem:  # it would reach the teacher, the targets and maybe a bundle's examples
+                    raise InputError(f"{p}:{n}: {problem}; remove keys from the data")
             rows.append({"input": x.strip(), "output": y})
     if not rows:
         raise InputError(f"{p}: no inputs (the file is empty)")
     return rows
+
+
+def max_line_bytes() -> int:
+    """The longest input line read ($FOSTER_MAX_LINE_BYTES, default 100000)."""
+    try:
+        return max(1, int(os.environ.get("FOSTER_MAX_LINE_BYTES") or MAX_LINE_BYTES))
+    except ValueError:
+        return MAX_LINE_BYTES
+
+
+def _lines(f, limit: int):
+    """Lines of a binary file; None for a line over `limit` bytes (never read into memory whole)."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line.rstrip(b"\r\n")) > limit:
+            yield None
+            return
+        yield line

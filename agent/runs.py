@@ -7,7 +7,7 @@ import sys
 import time
 import traceback
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable
 
 from foster.agent.config import InputError, RunConfig
 
@@ -26,6 +26,7 @@ def validate(config: RunConfig) -> None:
                     gateway.check_model(m, run_models)
                 except gateway.UnknownModelError as e:
                     raise InputError(f"{flag} {m}: {e}") from None
+    check_credentials(config, run_models)
     if config.inputs:
         read_jsonl(config.inputs)
     if config.teacher_records:
@@ -38,6 +39,39 @@ def validate(config: RunConfig) -> None:
         raise InputError(f"--optimizer {config.optimizer}: unknown (choose from {', '.join((*TUNER, *OPTIMIZERS))})")
 
 
+def check_credentials(config: RunConfig, run_models) -> None:
+    """Every remote model has its key before the first call: a models-file or flag key variable that is set,
+    or the provider's own variables (OPENAI_API_KEY, ...) as litellm lists them."""
+    for flag, names in (("--teacher", [config.teacher]), ("--target", config.targets),
+                        ("--generator", [config.generator]), ("--miner", [config.miner]), ("--judge", [config.judge])):
+        for name in names:
+            if not name:
+                continue
+            deployments = run_models.file.models.get(name) if run_models is not None else None
+            for d in deployments or [run_models.spec(name) if run_models is not None else None]:
+                if d is None or d.local:
+                    continue
+                if d.api_key_env:
+                    if not os.environ.get(d.api_key_env):
+                        raise InputError(f"{flag} {name}: its key variable {d.api_key_env} is not set")
+                elif not d.api_base:  # a self-hosted endpoint may take no key at all
+                    missing = _missing_keys(d.model)
+                    if missing:
+                        raise InputError(f"{flag} {name}: no credentials: set {' or '.join(missing)} "
+                                         f"(or name a key variable with --api-key-env or a models file)")
+
+
+def _missing_keys(model: str) -> list[str]:
+    """The provider's key variables litellm finds unset for `model` (none for providers it cannot tell)."""
+    import litellm
+
+    try:
+        found = litellm.validate_environment(model=model)
+    except Exception:  # an unknown provider is refused by check_model, with a better message
+        return []
+    return [] if found.get("keys_in_environment") else list(found.get("missing_keys") or [])
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
@@ -48,7 +82,11 @@ def create_run(config: RunConfig) -> str:
     validate(config)
     run_id = config.run_id or new_run_id()
     reg = RunRegistry()
-    if reg.exists(run_id):
+    try:
+        exists = reg.exists(run_id)
+    except ValueError as e:
+        raise InputError(f"--run-id: {e}") from None
+    if exists:
         raise InputError(f"--run-id {run_id}: a run with this id exists (use `foster resume {run_id}`)")
     reg.create(run_id, config.model_dump(), status="queued", teacher=config.teacher_id, targets=config.targets,
                started_at=time.time())
@@ -68,12 +106,28 @@ def run_state(run_id: str) -> dict:
 
 
 def execute(run_id: str, on_event: Callable[[dict], None] | None = None, graph=None, **context) -> dict:
-    """Run (or continue, from its last checkpoint) a run's graph in this process.
+    """Run (or continue, from its last checkpoint) a run's graph in this process, holding the run's lease.
 
     The run's services are built here, for this invocation only, and reach every node through
     LangGraph's Runtime; `context` adds to them (a LoRA listener). `graph` is a compiled graph whose
     state was just forked (`foster lora RUN`); by default the run's own checkpointed graph.
     """
+    from foster.store import leases
+
+    owner = leases.default_owner()
+    if not leases.acquire(run_id, owner):
+        held = leases.holder(run_id)
+        who = f" (pid {held.pid} on {held.host})" if held else ""
+        raise RunBusy(f"run {run_id} is owned by another process{who}: wait for it, or `foster cancel {run_id}`")
+    with leases.Holding(run_id, owner):
+        return _execute_owned(run_id, on_event, graph, **context)
+
+
+class RunBusy(InputError):
+    """Another live process owns the run (its lease is fresh): refused in one line, like bad input."""
+
+
+def _execute_owned(run_id: str, on_event: Callable[[dict], None] | None, graph, **context) -> dict:
     from foster.agent.context import RunContext
     from foster.agent.graph import build_graph
     from foster.store.checkpoints import checkpointer
@@ -145,22 +199,42 @@ def start_run(config: RunConfig | dict, background: bool = False,
     return run_id
 
 
-def resume_run(run_id: str, on_event: Callable[[dict], None] | None = None) -> dict:
-    from foster.store.runs import RunRegistry
-
-    if not RunRegistry().exists(run_id):
-        raise InputError(f"no run {run_id} (see `foster runs`)")
-    return execute(run_id, on_event)
-
-
-def cancel_run(run_id: str) -> None:
+def _existing(run_id: str):
     from foster.store.runs import RunRegistry
 
     reg = RunRegistry()
-    if not reg.exists(run_id):
-        raise InputError(f"no run {run_id}")
+    try:
+        found = reg.exists(run_id)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if not found:
+        raise InputError(f"no run {run_id} (see `foster runs`)")
+    return reg
+
+
+def resume_run(run_id: str, on_event: Callable[[dict], None] | None = None) -> dict:
+    _existing(run_id)
+    return execute(run_id, on_event)
+
+
+def cancel_run(run_id: str) -> str:
+    """Ask a live run to stop; a run whose owner died (interrupted) is marked cancelled at once. Returns its status."""
+    from foster.store import leases
+
+    reg = _existing(run_id)
     reg.request_cancel(run_id)
     reg.append_event(run_id, None, "progress", "cancel requested")
+    status = reg.get(run_id)
+    if status is not None and status.status == "interrupted":
+        owner = leases.default_owner()
+        if leases.acquire(run_id, owner):  # nobody resumed it meanwhile
+            try:
+                reg.update(run_id, status="cancelled", finished_at=time.time())
+                reg.append_event(run_id, None, "done", "cancelled while interrupted")
+            finally:
+                leases.release(run_id, owner)
+            return "cancelled"
+    return status.status if status else "cancelled"
 
 
 def _status_path(run_id: str) -> str:

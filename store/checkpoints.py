@@ -19,10 +19,10 @@ def checkpointer(home: Path | None = None):
         saver = PostgresSaver(conn)
         saver.setup()
         return saver
+    from foster.store.paths import foster_home
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    home = home or Path(os.environ.get("FOSTER_HOME", "~/.foster")).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    home = home or foster_home()  # one definition of the data directory (an unset and an empty $FOSTER_HOME alike)
     # One connection shared by the graph's worker threads; SqliteSaver serialises access itself.
     conn = sqlite3.connect(str(home / "checkpoints.sqlite"), check_same_thread=False)
     return SqliteSaver(conn)

@@ -5,18 +5,16 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
+from foster.store.paths import check_id, foster_home, inside_home
 from pydantic import BaseModel, Field
 
-RunState = Literal["queued", "running", "done", "failed", "cancelled", "stopped"]
-
-
-def _home() -> Path:
-    home = Path(os.environ.get("FOSTER_HOME", "~/.foster")).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+# "interrupted" is never written: it is how a "running" run whose owner died (stale lease) reads.
+RunState = Literal["queued", "running", "done", "failed", "cancelled", "stopped", "interrupted"]
+FINISHED = ("done", "failed", "cancelled", "stopped", "interrupted")
 
 
 class RunStatus(BaseModel):
@@ -58,11 +56,13 @@ class RunRegistry:
     _lock = threading.Lock()
 
     def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root else _home() / "runs"
+        self.root = Path(root) if root else foster_home() / "runs"
         self.root.mkdir(parents=True, exist_ok=True)
 
     def run_dir(self, run_id: str) -> Path:
-        return self.root / run_id
+        """The run's directory; ValueError for an id that is not safe or a path that would leave the data directory."""
+        home = None if self.root.resolve().parent == foster_home().resolve() else self.root
+        return inside_home(self.root / check_id(run_id), home)
 
     def exists(self, run_id: str) -> bool:
         return (self.run_dir(run_id) / "status.json").exists()
@@ -78,14 +78,27 @@ class RunRegistry:
     def config(self, run_id: str) -> dict:
         return json.loads((self.run_dir(run_id) / "config.json").read_text())
 
-    def get(self, run_id: str) -> RunStatus | None:
+    def _read(self, run_id: str) -> RunStatus | None:
         p = self.run_dir(run_id) / "status.json"
         if not p.exists():
             return None
         return RunStatus.model_validate_json(p.read_text())
 
+    def get(self, run_id: str) -> RunStatus | None:
+        """The run's status as written, except that a running run whose owner is gone reads `interrupted`."""
+        st = self._read(run_id)
+        if st is not None and st.status == "running" and self.owner_gone(run_id):
+            st = st.model_copy(update={"status": "interrupted"})
+        return st
+
+    def owner_gone(self, run_id: str) -> bool:
+        from foster.store import leases
+
+        lease = leases.holder(run_id)
+        return lease is None or leases.is_stale(lease)
+
     def list(self) -> list[RunStatus]:
-        out = [s for d in sorted(self.root.iterdir()) if d.is_dir() and (s := self.get(d.name))]
+        out = [s for d in sorted(self.root.iterdir()) if d.is_dir() and _safe(d.name) and (s := self.get(d.name))]
         return sorted(out, key=lambda s: s.started_at or 0, reverse=True)
 
     def write_status(self, status: RunStatus) -> None:
@@ -94,7 +107,7 @@ class RunRegistry:
 
     def update(self, run_id: str, **changes: Any) -> RunStatus:
         with self._lock:
-            st = self.get(run_id) or RunStatus(run_id=run_id)
+            st = self._read(run_id) or RunStatus(run_id=run_id)
             st = st.model_copy(update=changes)
             write_json_atomic(self.run_dir(run_id) / "status.json", st.model_dump())
             return st
@@ -103,9 +116,8 @@ class RunRegistry:
                      progress: float | None = None, **extra: Any) -> dict:
         ev = {"ts": time.time(), "run_id": run_id, "node": node, "kind": kind, "message": message,
               "progress": progress, **extra}
-        with self._lock:
-            with open(self.run_dir(run_id) / "events.jsonl", "a") as f:
-                f.write(json.dumps(ev, default=str) + "\n")
+        with self._lock, open(self.run_dir(run_id) / "events.jsonl", "a") as f:
+            f.write(json.dumps(ev, default=str) + "\n")
         return ev
 
     def events(self, run_id: str, after: int = 0) -> list[dict]:
@@ -122,7 +134,7 @@ class RunRegistry:
             seen += len(evs)
             yield from evs
             st = self.get(run_id)
-            if stop_when_finished and st and st.status in ("done", "failed", "cancelled", "stopped") and not evs:
+            if stop_when_finished and st and st.status in FINISHED and not evs:
                 return
             time.sleep(poll)
 
@@ -135,3 +147,11 @@ class RunRegistry:
     def read_json(self, run_id: str, name: str) -> Any:
         p = self.run_dir(run_id) / name
         return json.loads(p.read_text()) if p.exists() else None
+
+
+def _safe(name: str) -> bool:
+    try:
+        check_id(name)
+    except ValueError:
+        return False
+    return True

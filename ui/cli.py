@@ -21,6 +21,13 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line (`foster distill: error: ...`), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]} (see `{self.prog} --help`)\n")
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -64,8 +71,16 @@ def _ask_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ask_run(args: argparse.Namespace) -> int:
+    import math
+
     from foster.agent.gateway import check_model, complete
 
+    if not (math.isfinite(args.temperature) and 0 <= args.temperature <= 2):
+        raise CommandError(f"--temperature must be a number in [0, 2], got {args.temperature}")
+    if args.max_tokens < 1:
+        raise CommandError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if not args.text.strip():
+        raise CommandError("text: the message is empty")
     check_model(args.model)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     messages.append({"role": "user", "content": args.text})
@@ -100,7 +115,7 @@ def commands() -> dict[str, Command]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foster", description="Adopt an orphaned fine-tune onto a new base model.")
+    parser = _Parser(prog="foster", description="Adopt an orphaned fine-tune onto a new base model.")
     parser.add_argument("--models-file", help="YAML of named models: deployments (api_base, api_key_env, rpm, tpm, weight) and fallbacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands().values():
@@ -112,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a one-line usage error (2), as a return code
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

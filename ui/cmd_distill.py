@@ -13,7 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in text.split(",") if x.strip()]  # nan/inf parse here and are refused by RunConfig
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
@@ -206,10 +206,15 @@ def _cancel_run(args: argparse.Namespace) -> int:
     from foster.agent.runs import cancel_run
 
     try:
-        cancel_run(args.run_id)
+        status = cancel_run(args.run_id)
     except InputError as e:
         raise CommandError(str(e)) from None
-    print(f"cancel requested for {args.run_id}")
+    if status == "cancelled":
+        print(f"{args.run_id}: cancelled (its owner had died; nothing was running)")
+    elif status in ("done", "failed", "stopped"):
+        print(f"{args.run_id}: already {status}; nothing to cancel")
+    else:
+        print(f"cancel requested for {args.run_id}")
     return 0
 
 
