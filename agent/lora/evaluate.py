@@ -61,18 +61,24 @@ def heldout(ctx: RunContext, job: Path, model: str, bundle_path: str, state: dic
     return summary, columns, answers
 
 
-def general_prompts() -> list[str]:
+GENERAL_CATEGORIES = ("instructions", "reasoning", "formatting")
+
+
+def general_prompts() -> list[tuple[str, str]]:
+    """(category, prompt) for the fixed general set shipped as data (prompts/templates/general.yaml)."""
     from foster.prompts.templates import render
 
-    return [p.strip() for p in render("lora", "general_prompts").splitlines() if p.strip()]
+    return [(c, p.strip()) for c in GENERAL_CATEGORIES for p in render("general", c).splitlines() if p.strip()]
 
 
 def general_capability(ctx: RunContext, target: str, model: str, max_tokens: int = 48) -> dict:
-    """Target + adapter against the plain target on fixed general prompts, greedy, as agreement with the
-    plain target's own answers (embedding cosine; exact match reported beside it)."""
-    prompts = general_prompts()
+    """Target + adapter against the plain target on the fixed general prompts, greedy, as agreement with
+    the plain target's own answers (embedding cosine, bootstrap interval over prompts; exact match
+    beside it), overall and per category. `cost_points` is what the adapter cost: 100 × (1 − agreement);
+    the plain target's own T=0.7 sample against its greedy answer is the scale sampling noise alone gives."""
+    items = general_prompts()
     plain, adapted, sampled = [], [], []
-    for n, p in enumerate(prompts):
+    for n, (_, p) in enumerate(items):
         msgs = [{"role": "user", "content": p}]
         seed = stable_seed(ctx.config.seed, "lora-general-check", n)
         ask = lambda m, t=0.0: ctx.complete(m, messages=msgs, temperature=t, max_tokens=max_tokens,  # noqa: E731
@@ -80,14 +86,20 @@ def general_capability(ctx: RunContext, target: str, model: str, max_tokens: int
         plain.append(ask(target))
         adapted.append(ask(model))
         sampled.append(ask(target, 0.7))
-        ctx.progress("lora", n + 1, len(prompts), "general-capability check")
+        ctx.progress("lora", n + 1, len(items), "general-capability check")
     sims = metrics.text_similarity(adapted, plain)
     own = metrics.text_similarity(sampled, plain)
-    return {"agreement": round(metrics.mean(sims), 4),
+    agreement = metrics.fidelity_interval(sims, exact=False, seed=ctx.config.seed)
+    by_cat = {c: round(metrics.mean(s for (k, _), s in zip(items, sims) if k == c), 4) for c in GENERAL_CATEGORIES}
+    return {"agreement": agreement["value"], "interval": [agreement["low"], agreement["high"]],
+            "cost_points": round(100 * (1 - agreement["value"]), 1),
+            "cost_interval": [round(100 * (1 - agreement["high"]), 1), round(100 * (1 - agreement["low"]), 1)],
+            "by_category": by_cat,
             "exact": round(metrics.mean(a == b for a, b in zip(adapted, plain)), 4),
             # the scale to read it on: the plain target's own sample at T=0.7 against its greedy answer
             "plain_sampled_agreement": round(metrics.mean(own), 4),
-            "n": len(prompts), "max_tokens": max_tokens,
-            "method": "embedding cosine (all-MiniLM-L6-v2) of target+adapter's greedy answer to the plain target's",
-            "rows": [{"prompt": p, "plain": b, "adapter": a, "plain_sampled": c, "similarity": round(s, 4)}
-                     for p, a, b, c, s in zip(prompts, adapted, plain, sampled, sims)]}
+            "n": len(items), "max_tokens": max_tokens,
+            "method": "embedding cosine (all-MiniLM-L6-v2) of target+adapter's greedy answer to the plain target's, "
+                      "bootstrap 95 % interval over prompts",
+            "rows": [{"category": c, "prompt": p, "plain": b, "adapter": a, "plain_sampled": x, "similarity": round(s, 4)}
+                     for (c, p), a, b, x, s in zip(items, adapted, plain, sampled, sims)]}
