@@ -228,14 +228,105 @@ def general_data(ctx: RunContext, job: Path, writer: str, target: str, n: int, m
     return have
 
 
+# -- the re-label path --------------------------------------------------------------------------------
+
+def agrees(answer: str, gold: str, spec: dict, structure=None, similarity: float | None = None) -> bool:
+    """Does the target's re-label say what the gold label says? Closed answers: the same label after
+    normalisation. Free text: equal after whitespace, or the gold's structure (tag) and cosine >= 0.9."""
+    from foster.agent import freetext, metrics
+
+    if spec["answer_kind"] == "closed":
+        inv = list(spec["inventory"])
+        return metrics.normalize(answer, inv, "closed") == metrics.normalize(gold, inv, "closed")
+    if freetext.normalize(answer) == freetext.normalize(gold):
+        return True
+    return bool(structure is not None and structure.agrees(answer, gold) and (similarity or 0) >= 0.9)
+
+
+def choose_label(policy: str, answer: str, gold: str, agree: bool, spec: dict) -> tuple[str, str]:
+    """(training output, its source) under --labels: gold everywhere; the target's re-label everywhere;
+    or (agree) the target's re-label where it agrees with gold, gold where it does not. A closed re-label
+    that agrees is trained as the normalised label (its surface form carries nothing the label does not)."""
+    if policy == "gold" or (policy == "agree" and not agree):
+        return gold, "gold"
+    if spec["answer_kind"] == "closed" and agree:
+        from foster.agent import metrics
+
+        return metrics.normalize(answer, list(spec["inventory"]), "closed"), "relabel"
+    return answer, "relabel"
+
+
+def relabel(ctx: RunContext, state: dict, job: Path, target: str, fallback, progress=None) -> list[dict]:
+    """The target's own answers on the corpus's train inputs, greedy, through its best bundle (the
+    adapter's task prompt when it has none), next to the gold labels (cached in relabel.json)."""
+    from foster.agent.target import ask
+    from foster.prompts.bundle import Bundle
+
+    path = job / "relabel.json"
+    have = {r["probe_id"]: r for r in (_cached(path) or {}).get("rows", [])}
+    best = ((((state.get("evaluation") or {}).get("targets") or {}).get(target) or {}).get("best") or {}).get("path")
+    via = best if best and Path(best).exists() else "the adapter's bundle"
+    bundle = Bundle.load(best) if via == best else fallback
+    corpus = [p for p in state["probes"] if p["split"] == "train" and p.get("gold") is not None]
+    out = []
+    for n, p in enumerate(corpus):
+        if p["id"] not in have:
+            res = ask(bundle, target, p["text"], ctx.complete, temperature=0.0, max_tokens=ctx.config.max_new_tokens,
+                      seed=stable_seed(ctx.config.seed, "relabel", p["id"]))
+            have[p["id"]] = {"probe_id": p["id"], "input": p["text"], "gold": p["gold"], "answer": res.texts[0].strip()}
+            if (n + 1) % 10 == 0:
+                _save(path, {"bundle": via, "rows": list(have.values())})
+            if progress:
+                progress(n + 1, len(corpus), "target re-labels the corpus")
+        out.append(have[p["id"]])
+    _save(path, {"bundle": via, "rows": list(have.values())})
+    return out
+
+
+def relabel_rows(ctx: RunContext, state: dict, job: Path, bundle, target: str, policy: str,
+                 progress=None) -> tuple[list[dict], dict]:
+    """Training rows of the re-label path under the label policy, and what the re-labelling found."""
+    from foster.agent import freetext, metrics
+
+    spec = state["spec"]
+    labelled = relabel(ctx, state, job, target, bundle, progress)
+    structure = sims = None
+    if spec["answer_kind"] != "closed" and labelled:
+        structure = freetext.mine_structure([r["gold"] for r in labelled])
+        sims = metrics.text_similarity([r["answer"] for r in labelled], [r["gold"] for r in labelled])
+    rows, disagreements, sources = [], [], []
+    for k, r in enumerate(labelled):
+        ok = agrees(r["answer"], r["gold"], spec, structure, sims[k] if sims else None)
+        output, source = choose_label(policy, r["answer"], r["gold"], ok, spec)
+        if not output.strip():
+            output, source = r["gold"], "gold"  # an empty re-label teaches nothing but silence
+        rows.append(task_row(bundle, target, r["input"], output, source, primary=True))
+        sources.append(source)
+        if not ok:
+            disagreements.append({"input": r["input"], "gold": r["gold"], "target": r["answer"]})
+    n = len(labelled)
+    info = {"labels": policy, "corpus_train": n, "target_agrees": n - len(disagreements),
+            "agreement_rate": round((n - len(disagreements)) / n, 4) if n else None,
+            "rows_from_relabel": sources.count("relabel"), "rows_from_gold": sources.count("gold"),
+            "disagreements": disagreements[:50], "disagreements_total": len(disagreements)}
+    _save(job / "relabel_summary.json", {**info, "disagreements": disagreements})
+    return rows, info
+
+
 def build(ctx: RunContext, state: dict, job: Path, bundle, target: str, options, progress=None) -> tuple[list[dict], dict]:
     """Every training row of the job, mixed; writes data.jsonl and data.json (counts)."""
     spec = state["spec"]
     probes = state["probes"]
     train = [p for p in probes if p["split"] == "train"]
-    rows = teacher_rows(bundle, target, train, state.get("teacher") or {}, spec)
+    if ctx.config.path == "relabel":  # the corpus re-labelled by the target, under the label policy
+        rows, relabel_info = relabel_rows(ctx, state, job, bundle, target, options.labels,
+                                          progress=lambda d, t, m: progress and progress("data", d, t, m))
+    else:
+        rows, relabel_info = teacher_rows(bundle, target, train, state.get("teacher") or {}, spec), None
     info: dict = {"train_probes": len(train), "teacher_rows": len(rows),
                   "uncertain_probes": sum(1 for p in train if (spec["probes"].get(p["id"]) or {}).get("entropy", 0) > 0)}
+    if relabel_info:
+        info["relabel"] = relabel_info
     generator = options.generator or target
     if ctx.config.path == "live" and options.synthetic > 0:
         real = [p["text"] for p in train if p["kind"] in REAL_KINDS] or [p["text"] for p in train]
