@@ -221,6 +221,8 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
     }
     if free:
         summary["freetext"] = {**free, "calibration_method": best.get("calibration_method")}
+        if ctx.config.fidelity == "auto":  # the ceiling of the metric that scores: the teacher against itself under it
+            summary["ceiling"] = free["ceiling"].get(free["primary"]) or summary["ceiling"]
     return summary, columns, answers
 
 
