@@ -237,6 +237,9 @@ def evaluate(ctx: RunContext, state: dict, job: Path, target: str, model: str, b
     best = summary["best"]
     return {"model": model, "fidelity": best["fidelity"], "sampled_agreement": best.get("sampled_agreement"),
             "calibration_gap": best.get("calibration_gap"), "ceiling": summary["ceiling"],
+            # free text: exact / structure / similarity with intervals, hedge rate (agent/freetext.py)
+            "freetext": best.get("freetext"), "hedge_rate": best.get("hedge_rate"),
+            "calibration_method": best.get("calibration_method"),
             "fidelity_method": summary["fidelity_method"], "latency_s": best.get("latency_s"),
             "nearest_copy": (summary.get("nearest_copy") or {}).get("fidelity"),
             "divergence_clusters": summary.get("divergence_clusters"),
