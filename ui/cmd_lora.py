@@ -14,6 +14,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="step budget (default 240, or FOSTER_LORA_STEPS)")
     p.add_argument("--seconds", type=float, help="training time budget in seconds (default 420)")
     p.add_argument("--mix", type=float, help="share of general instruction rows, e.g. 0.4 (0.3-0.5 advised)")
+    p.add_argument("--labels", choices=["gold", "target", "agree"],
+                   help="re-label path (--train-data): train on gold, on the target's re-labels, or on its re-label "
+                        "where it agrees with gold and gold where not (default agree)")
+    p.add_argument("--lora-targets", choices=["pilot", "all"],
+                   help="several targets: pilot each and train the best (default), or train all")
+    p.add_argument("--pilot-steps", type=int, help="training steps of each target's pilot (default 12)")
+    p.add_argument("--target-weights", action="append", metavar="TARGET=PATH",
+                   help="weights to train for one target (GGUF or Hugging Face dir); repeat per target")
     p.add_argument("--synthetic", type=int, help="synthetic inputs the target writes before the discriminator (default 240)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -26,8 +34,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-OPTION_FLAGS = ("target", "steps", "seconds", "mix", "synthetic", "batch_size", "lr", "rank", "threads", "base_weights",
-                "submit", "base_model")
+OPTION_FLAGS = ("target", "steps", "seconds", "mix", "labels", "lora_targets", "pilot_steps", "synthetic", "batch_size",
+                "lr", "rank", "threads", "base_weights", "submit", "base_model")
 
 
 class _Bars:
@@ -80,6 +88,10 @@ def _run(args: argparse.Namespace) -> int:
     saved = options_path_for(reg, args.run_id)
     base = json.loads(saved.read_text()) if saved.exists() else {}
     given = {k: getattr(args, k) for k in OPTION_FLAGS if getattr(args, k) not in (None, False)}
+    if args.target_weights:
+        if any("=" not in tw for tw in args.target_weights):
+            raise CommandError("--target-weights takes TARGET=PATH")
+        given["target_weights"] = dict(tw.split("=", 1) for tw in args.target_weights)
     try:
         options = LoraOptions.model_validate({**base, **given})
     except ValidationError as e:

@@ -29,10 +29,33 @@ def lora_markdown(s: dict) -> str:
                 f"| bundle + adapter | {f(s['fidelity'])} | {f(s['ceiling'])} | {f(s.get('fraction_of_ceiling'))} | "
                 f"{f(s.get('calibration_gap'))} | {f(s.get('sampled_agreement'))} |",
                 f"| best bundle ({(s.get('best_bundle') or {}).get('variant')}) | {f((s.get('best_bundle') or {}).get('fidelity'))} | | | | |",
-                "", f"- general capability: **{f(g['agreement'])}** agreement with the plain target on {g['n']} "
-                f"general prompts ({g['method']}; exact {f(g['exact'])}; the plain target's own T=0.7 sample agrees "
-                f"{f(g.get('plain_sampled_agreement'))})",
+                "", f"- general capability: **{f(g['agreement'])}** agreement with the plain target"
+                + (f" [{g['interval'][0]:.3f}, {g['interval'][1]:.3f}]" if g.get("interval") else "")
+                + f" on {g['n']} general prompts ({g['method']}; exact {f(g['exact'])}; the plain target's own T=0.7 "
+                f"sample agrees {f(g.get('plain_sampled_agreement'))})"
+                + (f"; the adapter cost **{g['cost_points']:.1f} points** of general capability"
+                   f" [{g['cost_interval'][0]:.1f}, {g['cost_interval'][1]:.1f}]" if g.get("cost_points") is not None else "")
+                + (f"; by category {g['by_category']}" if g.get("by_category") else ""),
                 f"- best artifact: {'bundle + adapter' if s.get('beats_best_bundle') else 'the bundle (the adapter did not beat it)'}"]
+        if s.get("freetext"):
+            p = s["freetext"]
+            iv = lambda d: f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}] n={d['n']}"  # noqa: E731
+            out += [f"- free text: exact {iv(p['exact'])}, structure {iv(p['structure'])}, similarity "
+                    f"{iv(p['similarity'])}; primary {p['primary']}"]
+            if p.get("warning"):
+                out.append(f"- **warning**: {p['warning']}")
     elif s.get("kind") == "provider":
         out.append(f"- fine-tuning JSONL: {s.get('jsonl')} ({'submitted: ' + str(s.get('provider_job_id')) if s.get('submitted') else 'not submitted'})")
+    rl = d.get("relabel")
+    if rl:
+        out += ["", f"- re-label path: the target re-labelled {rl['corpus_train']} corpus inputs and agreed with gold on "
+                f"{rl['target_agrees']} ({f(rl.get('agreement_rate'))}); trained with --labels {rl['labels']}: "
+                f"{rl['rows_from_relabel']} rows from its re-labels, {rl['rows_from_gold']} from gold; "
+                f"{rl['disagreements_total']} disagreements listed for review (relabel_summary.json)"]
+        out += [f"  - {x['input']!r}: gold `{x['gold']}`, target `{x['target']}`" for x in rl["disagreements"][:10]]
+    from foster.agent.lora.pilot import markdown as pilot_markdown
+
+    out.append(pilot_markdown(s.get("pilot")))
+    for other in s.get("others") or []:
+        out.append(lora_markdown(other).replace("## LoRA fallback", f"### Also trained: {other.get('target')}"))
     return "\n".join(out) + "\n"
