@@ -6,8 +6,9 @@ A broadband provider's support desk rewrites every customer message into a one-l
 summary in its house style (README.md lists the conventions). Every summary is a function of the
 message alone, so a small fine-tune can learn it; a base model cannot guess it.
 
-Writes data/train.jsonl (input, output), data/inputs.jsonl (historical inputs, no outputs) and
-data/gold.jsonl (held-out pairs used only to grade the teacher). Splits are disjoint by text.
+Writes data/train.jsonl (input, output), data/inputs.jsonl (40 historical inputs, no outputs),
+data/history.jsonl (300 more historical inputs, no outputs) and data/gold.jsonl (held-out pairs used
+only to grade the teacher). Splits are disjoint by text.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 SEED = 20250301
 
-SIZES = {"gold": 40, "inputs": 40, "train": 300}
+# history comes last so the earlier splits (and the teacher trained on train.jsonl) stay byte-identical
+SIZES = {"gold": 40, "inputs": 40, "train": 300, "history": 300}
 
 # Slot values as the customer writes them -> as the house style writes them.
 DAYS = {"2 days": "2d", "3 days": "3d", "4 days": "4d", "a week": "7d", "10 days": "10d", "two weeks": "14d"}
@@ -167,6 +169,8 @@ def main() -> None:
     write_jsonl(DATA / "train.jsonl", splits["train"])
     write_jsonl(DATA / "gold.jsonl", splits["gold"])
     write_jsonl(DATA / "inputs.jsonl", [{"input": r["input"]} for r in splits["inputs"]])
+    # a support desk's recent traffic: 300 historical inputs (no outputs) to probe from at realistic scale
+    write_jsonl(DATA / "history.jsonl", [{"input": r["input"]} for r in splits["history"]])
     for name, rows in splits.items():
         print(f"{name}: {len(rows)}")
 
