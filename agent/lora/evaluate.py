@@ -66,9 +66,15 @@ GENERAL_CATEGORIES = ("instructions", "reasoning", "formatting")
 
 def general_prompts() -> list[tuple[str, str]]:
     """(category, prompt) for the fixed general set shipped as data (prompts/templates/general.yaml)."""
+    import os
+
     from foster.prompts.templates import render
 
-    return [(c, p.strip()) for c in GENERAL_CATEGORIES for p in render("general", c).splitlines() if p.strip()]
+    # FOSTER_LORA_GENERAL_PER_CATEGORY: the first k of each category (a quick benchmark on a busy machine);
+    # the report always states n
+    k = int(os.environ.get("FOSTER_LORA_GENERAL_PER_CATEGORY", "0") or 0) or None
+    return [(c, p) for c in GENERAL_CATEGORIES
+            for p in [x.strip() for x in render("general", c).splitlines() if x.strip()][:k]]
 
 
 def general_capability(ctx: RunContext, target: str, model: str, max_tokens: int = 48) -> dict:
