@@ -24,7 +24,8 @@ FILTER_HELP = (
     "**Failures**: the best bundle disagrees with the teacher's mode."
 )
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
-SUMMARY_HEADERS = ["column", "target", "variant", "fidelity", "ceiling", "calibration gap", "tokens", "latency (ms)", "cost ($)"]
+SUMMARY_HEADERS = ["column", "target", "variant", "fidelity", "ceiling", "calibration gap", "tokens", "latency (ms)", "cost ($)",
+                   "fidelity 95 % interval (n)"]
 
 
 def _registry():
@@ -50,6 +51,13 @@ def _bundle_path(path: str) -> Path:
 
 def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
+
+
+def _interval(iv: dict | None, value: Any) -> str:
+    """A fidelity as every report prints it: value [95 % interval] n (agent/metrics.py fmt_interval)."""
+    if not iv:
+        return _fmt(value)
+    return f"{iv['value']:.3f} [{iv['low']:.2f}, {iv['high']:.2f}] n={iv['n']}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -225,7 +233,7 @@ def grid_html(run_id: str | None, which: str = "All", limit: int = 500) -> str:
     total = len(grid.get("rows") or [])
     head = "".join(
         f"<th title='{_esc(c['key'])}'>{_esc(c.get('variant'))}{' ★' if c['key'] == best_key else ''}"
-        f"<br><small>{_esc(c.get('target'))}</small><br><small>fidelity {_fmt(c.get('fidelity'))}</small></th>"
+        f"<br><small>{_esc(c.get('target'))}</small><br><small>fidelity {_esc(_interval(c.get('interval'), c.get('fidelity')))}</small></th>"
         for c in columns
     )
     body = []
@@ -274,6 +282,7 @@ def summary_rows(run_id: str | None) -> list[list[Any]]:
         rows.append([
             c.get("key"), c.get("target"), c.get("variant"), c.get("fidelity"), c.get("ceiling"), c.get("calibration_gap"),
             c.get("tokens"), None if latency is None else round(latency * 1000, 1), c.get("cost"),
+            _interval(c.get("interval"), None),
         ])
     return rows
 
