@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
 	# torch first, pinned, so the CPU wheel is taken instead of several GB of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,scale]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,11 +23,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/foster demo
 
-# Headless Chromium for the UI screenshot test (Debian package; root on CI and dev machines).
+# Headless Chromium for the UI screenshot test, PostgreSQL for the scale-out test (Debian packages; root
+# on CI and dev machines). The tests start and stop their own servers on loopback (tests/servers.py).
 test-deps:
 	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ) || \
 		echo "chromium not installed: the UI screenshot test will be skipped"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql </dev/null >/dev/null) ) || \
+		echo "postgresql not installed: the scale-out test will be skipped"
 
 test: install test-deps
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,103 @@
+"""Real servers for the scale-out tests: PostgreSQL (initdb + pg_ctl in a tmp dir) and `chroma run`, on loopback.
+
+Both are started once per test session by the fixtures in tests/test_scale.py and stopped when
+it ends. PostgreSQL refuses to run as root, so as root the cluster is created and started as the
+`postgres` system user (Debian's package creates it; `make test-deps` installs the package).
+Anything missing is an actionable skip naming `make test-deps`, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from openai_replica import free_port  # noqa: E402
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@dataclass
+class Postgres:
+    url: str
+    data: Path
+    run_as: list[str]
+    pg_ctl: str
+
+    @classmethod
+    def start(cls) -> Postgres:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not (initdb and pg_ctl):
+            raise RuntimeError("PostgreSQL server binaries not found (run `make test-deps`: apt-get install postgresql)")
+        root = Path(tempfile.mkdtemp(prefix="foster-pg-"))
+        run_as: list[str] = []
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            user = pwd.getpwnam("postgres")
+            os.chown(root, user.pw_uid, user.pw_gid)
+            run_as = ["runuser", "-u", "postgres", "--"]
+        data, port = root / "data", free_port()
+        subprocess.run([*run_as, initdb, "-D", str(data), "-U", "foster", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        # loopback TCP only; the unix socket goes to the tmp dir, not /var/run/postgresql
+        options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=100"
+        subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "-t", "60",
+                        "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        return cls(url=f"postgresql://foster@127.0.0.1:{port}/postgres", data=data, run_as=run_as, pg_ctl=pg_ctl)
+
+    def stop(self) -> None:
+        subprocess.run([*self.run_as, self.pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        shutil.rmtree(self.data.parent, ignore_errors=True)
+
+
+@dataclass
+class Chroma:
+    url: str
+    proc: subprocess.Popen
+    path: Path
+
+    @classmethod
+    def start(cls) -> Chroma:
+        import httpx
+
+        exe = Path(sys.executable).with_name("chroma")
+        if not exe.exists():
+            raise RuntimeError("`chroma` not found next to the interpreter (chromadb's server CLI; pip install chromadb)")
+        path, port = Path(tempfile.mkdtemp(prefix="foster-chroma-")), free_port()
+        log = open(path / "server.log", "wb")
+        proc = subprocess.Popen([str(exe), "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(path / "db")],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"chroma run exited: {(path / 'server.log').read_text()[-500:]}")
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    return cls(url=url, proc=proc, path=path)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        proc.kill()
+        raise RuntimeError("chroma run did not answer within 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.path, ignore_errors=True)
