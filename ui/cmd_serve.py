@@ -10,9 +10,22 @@ def _serve_arguments(p):
     add_serve_arguments(p)
 
 
+def serve_urls(host: str, port: int, ui: bool = True) -> list[str]:
+    """What `foster serve` prints when it starts: where the API, the UI and the docs are."""
+    shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "::") else host)
+    base = f"http://{shown}:{port}"
+    lines = [f"foster serve: {base}/v1 (OpenAI-compatible: base_url={base}/v1)"]
+    if ui:
+        lines.append(f"  UI:   {base}/ui")
+    lines.append(f"  docs: {base}/docs")
+    return lines
+
+
 def _serve_run(args):
     from foster.ui.service import run_serve
 
+    for line in serve_urls(args.host, args.port, not args.no_ui):
+        print(line, flush=True)
     return run_serve(args)
 
 

@@ -1,11 +1,17 @@
-"""Drop-in serving: /v1/chat/completions and /v1/completions answer in the OpenAI shape from a bundle.
+"""Drop-in serving: /v1/chat/completions, /v1/completions and /v1/models answer in the OpenAI shape from a bundle.
 
 `model` names a deployment (an alias such as the retired fine-tune's id) or a bundle id. The
-bundle renders the request's input with the same code evaluation used (`agent.target.render_request`:
+bundle renders the request with the same code evaluation used (`agent.target.render_request`:
 messages for chat targets, a few-shot prompt for base targets) and the target is called through
-litellm. The input is the last user message of a chat request, or the prompt of a completion
-request. Under a label output contract the answer is normalized as evaluation normalized it, so a
-client receives the label that was measured ("Billing." becomes "Billing").
+litellm. The input the bundle renders (and retrieves its examples for) is the last user message of
+a chat request, or the prompt of a completion request. The bundle's system prompt and examples come
+first; the client's own system message and earlier turns follow, all kept, before that input.
+Under a label output contract the answer is normalized as evaluation normalized it, so a client
+receives the label that was measured ("Billing." becomes "Billing").
+
+OpenAI parameters foster cannot honour (`tools`, a `response_format` other than text, `logprobs`,
+...) are refused with 400 and OpenAI's error shape naming the parameter, and so are invalid bodies:
+a client never gets an answer that silently ignored what it asked for.
 """
 
 from __future__ import annotations
@@ -19,18 +25,50 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from foster.ui.catalog import catalog
 from foster.ui.deployments import Deployment, deployment_store, shadow_in_background, should_shadow
-from foster.ui.errors import ApiError, error_body
+from foster.ui.errors import ApiError, error_body, validation_message
 
 DEFAULT_MAX_TOKENS = 256
 MAX_N = 8
 
-router = APIRouter()
+
+
+class OpenAIRoute(APIRoute):
+    """OpenAI answers an invalid body with 400 (foster's own REST routes keep FastAPI's 422)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def openai_handler(request):
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                message, param = validation_message(exc.errors())
+                return JSONResponse(error_body(400, message, "invalid_request_error", param), status_code=400)
+
+        return openai_handler
+
+
+def _error_schema(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"example": error_body(
+        400, "invalid request: ...", "invalid_request_error", "messages")}}}
+
+
+ERRORS = {
+    400: _error_schema("invalid body or an unsupported parameter (OpenAI's error shape; `param` names it)"),
+    404: _error_schema("no deployment or bundle of that name"),
+    502: _error_schema("the target model failed"),
+    503: _error_schema("the target model is not available on this server"),
+}
+
+router = APIRouter(route_class=OpenAIRoute)
 
 # Shadow requests run here, after the client has its answer; two workers keep a slow teacher from
 # piling up threads (excess requests queue).
@@ -38,7 +76,7 @@ _SHADOW_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="foster-shad
 
 
 # ---------------------------------------------------------------------------------------------
-# Request bodies (the OpenAI fields foster honours; other OpenAI fields are accepted and ignored)
+# Request bodies (the OpenAI fields foster honours; those it cannot honour are refused, others ignored)
 
 
 class ContentPart(BaseModel):
@@ -69,8 +107,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI parameters foster does not implement, and the values that ask nothing of it (absent,
+# null, or these): anything else is a 400 naming the parameter.
+UNSUPPORTED: dict[str, tuple] = {
+    "tools": ([],), "tool_choice": ("none",), "functions": ([],), "function_call": ("none",),
+    "parallel_tool_calls": (), "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},),
+    "response_format": ({"type": "text"},), "audio": (), "modalities": (["text"],), "prediction": (),
+    "web_search_options": (), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "best_of": (1,),
+    "suffix": ("",),
+}
+
+
+def refuse_unsupported(body: BaseModel) -> None:
+    for name, value in (body.model_extra or {}).items():
+        if name in UNSUPPORTED and value is not None and value not in UNSUPPORTED[name]:
+            raise ApiError(400, f"Unsupported parameter: '{name}' is not supported by foster's drop-in endpoint "
+                                f"(a bundle answers with plain text{'; send response_format type text or omit it' if name == 'response_format' else ''})",
+                           code="unsupported_parameter", param=name)
+
+
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, description="a deployment name (alias) or a bundle id")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="default 0: bundles are evaluated greedily")
@@ -128,12 +185,23 @@ def resolve(model: str) -> Served:
     return Served(name=model, bundle=bundle, target=target, deployment=deployment)
 
 
-def _input_of(messages: list[ChatMessage]) -> str:
-    for message in reversed(messages):
-        if message.role == "user":
-            return message.text()
-    raise ApiError(422, "invalid request: messages: no user message (the last user message is the input the bundle renders)",
-                   code="invalid_body", param="messages")
+def _input_of(messages: list[ChatMessage]) -> tuple[str, list[dict], list[dict]]:
+    """(the input the bundle renders: the last user message, the client's messages before it, after it)."""
+    plain = []
+    for i, message in enumerate(messages):
+        if message.role in ("tool", "function"):
+            raise ApiError(400, f"Unsupported parameter: messages[{i}].role {message.role!r}: foster's drop-in endpoint "
+                                "does not call tools", code="unsupported_parameter", param=f"messages[{i}].role")
+        if isinstance(message.content, list) and any(part.type != "text" for part in message.content):
+            raise ApiError(400, f"Unsupported parameter: messages[{i}].content: only text parts are supported",
+                           code="unsupported_parameter", param=f"messages[{i}].content")
+        # "developer" is OpenAI's newer name for a system message; small chat templates know only "system"
+        plain.append({"role": "system" if message.role == "developer" else message.role, "content": message.text()})
+    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last is None:
+        raise ApiError(400, "invalid request: messages: no user message (the last user message is the input the bundle renders)",
+                       code="invalid_request_error", param="messages")
+    return plain[last]["content"], plain[:last], plain[last + 1:]
 
 
 def _finalize(served: Served, text: str) -> str:
@@ -146,18 +214,45 @@ def _finalize(served: Served, text: str) -> str:
 # Calling the target
 
 
-async def render_async(served: Served, user_input: str, stops: list[str]) -> dict:
+async def render_async(served: Served, user_input: str, stops: list[str], before: list[dict] | None = None,
+                       after: list[dict] | None = None) -> dict:
     """render(), off the event loop when the bundle retrieves its examples (that embeds the input)."""
     if served.bundle.selection.kind == "knn" and served.bundle.examples:
-        return await anyio.to_thread.run_sync(render, served, user_input, stops)
-    return render(served, user_input, stops)
+        return await anyio.to_thread.run_sync(render, served, user_input, stops, before, after)
+    return render(served, user_input, stops, before, after)
 
 
-def render(served: Served, user_input: str, stops: list[str]) -> dict:
-    """The request the bundle makes for this target (agent.target: the path evaluation used)."""
+def with_conversation(request: dict, bundle, user_input: str, before: list[dict], after: list[dict]) -> dict:
+    """The bundle's request with the client's own messages kept: the bundle's system prompt and
+    examples first, then the client's system message and earlier turns, then the input (and any
+    turns the client sent after it). A base target sees them as text in its few-shot prompt: system
+    text under the bundle's, each user/assistant pair as one more Input/Output pair."""
+    if not before and not after:
+        return request
+    if "messages" in request:
+        *head, last = request["messages"]
+        return {**request, "messages": [*head, *before, last, *after]}
+    from foster.prompts import templates
+    from foster.prompts.bundle import Example, default_completion_template
+
+    system = "\n\n".join(filter(None, [bundle.system_prompt, *(m["content"] for m in before if m["role"] == "system")]))
+    turns = [m for m in before if m["role"] != "system"]
+    pairs = [Example(input=u["content"], output=a["content"]) for u, a in zip(turns, turns[1:])
+             if u["role"] == "user" and a["role"] == "assistant"]
+    prompt = templates.render_string(bundle.completion_template or default_completion_template(), system_prompt=system,
+                                     examples=[*bundle.select_examples(user_input), *pairs], input=user_input,
+                                     output_contract=bundle.output_contract)
+    return {**request, "prompt": prompt}
+
+
+def render(served: Served, user_input: str, stops: list[str], before: list[dict] | None = None,
+           after: list[dict] | None = None) -> dict:
+    """The request the bundle makes for this target (agent.target: the path evaluation used), with
+    the client's conversation kept."""
     from foster.agent.target import render_request
 
-    request = render_request(served.bundle, served.target, user_input)
+    request = with_conversation(render_request(served.bundle, served.target, user_input), served.bundle, user_input,
+                                before or [], after or [])
     if "prompt" in request:
         request["stop"] = list(dict.fromkeys([*request.get("stop", []), *stops]))
     elif stops:
@@ -304,12 +399,13 @@ def _stream_response(chunks: AsyncIterator[bytes], served: Served) -> StreamingR
     )
 
 
-@router.post("/chat/completions", summary="Chat completion from a deployed bundle (OpenAI-compatible)")
+@router.post("/chat/completions", summary="Chat completion from a deployed bundle (OpenAI-compatible)", responses=ERRORS)
 async def chat_completions(body: ChatCompletionRequest):
     total_start = time.perf_counter()
+    refuse_unsupported(body)
     served = resolve(body.model)
-    user_input = _input_of(body.messages)
-    request = await render_async(served, user_input, body.stops())
+    user_input, before, after = _input_of(body.messages)
+    request = await render_async(served, user_input, body.stops(), before, after)
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = _params(body, max_tokens)
     completion_id = "chatcmpl-" + uuid.uuid4().hex
@@ -385,15 +481,16 @@ async def chat_completions(body: ChatCompletionRequest):
     return _stream_response(streamed(), served)
 
 
-@router.post("/completions", summary="Text completion from a deployed bundle (OpenAI-compatible)")
+@router.post("/completions", summary="Text completion from a deployed bundle (OpenAI-compatible)", responses=ERRORS)
 async def completions(body: CompletionRequest):
     total_start = time.perf_counter()
+    refuse_unsupported(body)
     served = resolve(body.model)
     inputs = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not inputs:
-        raise ApiError(422, "invalid request: prompt: give one input or a list of inputs", code="invalid_body", param="prompt")
+        raise ApiError(400, "invalid request: prompt: give one input or a list of inputs", code="invalid_request_error", param="prompt")
     if len(inputs) > 16:
-        raise ApiError(422, "invalid request: prompt: at most 16 inputs per request", code="invalid_body", param="prompt")
+        raise ApiError(400, "invalid request: prompt: at most 16 inputs per request", code="invalid_request_error", param="prompt")
     params = _params(body, body.max_tokens)
     completion_id = "cmpl-" + uuid.uuid4().hex
     head = {"id": completion_id, "created": int(time.time()), "model": body.model,
@@ -455,15 +552,30 @@ async def completions(body: CompletionRequest):
     return _stream_response(buffered(), served)
 
 
-@router.get("/models", summary="Models this server answers for: deployments and bundles (OpenAI-compatible)")
+def _model_card(deployment: Deployment) -> dict:
+    served = deployment.served
+    return {"id": deployment.name, "object": "model", "created": int(deployment.created_at or time.time()),
+            "owned_by": "foster", "bundle_id": deployment.bundle_id, "target": deployment.target,
+            "version": deployment.active, "shadowed_by": deployment.shadow.teacher if deployment.shadow else None,
+            "run_id": served.run_id if served else None}
+
+
+@router.get("/models", summary="Deployment names this server answers for (OpenAI-compatible)")
 async def list_models():
-    created = int(time.time())
-    data = [{"id": d.name, "object": "model", "created": int(d.created_at or created), "owned_by": "foster",
-             "bundle_id": d.bundle_id} for d in deployment_store().all()]
-    seen = {d["id"] for d in data}
-    for entry in catalog().entries():
-        if entry.id not in seen:
-            seen.add(entry.id)
-            data.append({"id": entry.id, "object": "model", "created": int(entry.mtime), "owned_by": "foster",
-                         "bundle_id": entry.id})
-    return {"object": "list", "data": data}
+    """Deployments by name (a bundle id is still accepted as `model`, but not listed: names are
+    what clients configure)."""
+    return {"object": "list", "data": [_model_card(d) for d in deployment_store().all()]}
+
+
+@router.get("/models/{model:path}", summary="One deployment as an OpenAI model (models.retrieve)",
+            responses={404: ERRORS[404]})
+async def retrieve_model(model: str = Path(max_length=300, description="a deployment name (or a bundle id)")):
+    deployment = deployment_store().get(model)
+    if deployment is not None:
+        return _model_card(deployment)
+    entry = catalog().find(model)
+    if entry is None:
+        raise ApiError(404, f"The model `{model}` does not exist: name a deployment (GET /v1/models)",
+                       code="model_not_found", param="model")
+    return {"id": entry.id, "object": "model", "created": int(entry.mtime), "owned_by": "foster",
+            "bundle_id": entry.id, "target": entry.targets[0] if entry.targets else None}

@@ -31,7 +31,15 @@ from foster.agent.config import RunConfig
 from foster.prompts.bundle import Bundle
 from foster.ui import openai_api
 from foster.ui.catalog import SAFE_ID, bundles_dir, catalog
-from foster.ui.deployments import NAME_PATTERN, Deployment, deployment_store, divergences, warm_up
+from foster.ui.deployments import (
+    NAME_PATTERN,
+    Deployment,
+    DeploymentError,
+    DeploymentRequest,
+    deployment_store,
+    divergences,
+    warm_up,
+)
 from foster.ui.errors import ApiError, install_error_handlers
 
 TOKEN_ENV = "FOSTER_API_TOKEN"
@@ -283,8 +291,13 @@ def _check_model(model: str, field: str) -> None:
         raise ApiError(422, f"invalid request: {field}: {exc}", code="invalid_body", param=field) from exc
 
 
-@deployments.post("", status_code=201, summary="Serve a bundle under a name, optionally shadowed by the teacher")
-async def put_deployment(deployment: Deployment) -> dict:
+@deployments.post("", status_code=201, summary="Serve a bundle under a name, optionally shadowed by the teacher",
+                  responses=_responses(409, 422))
+async def put_deployment(
+    deployment: DeploymentRequest,
+    replace: Annotated[bool, Query(description="an existing name: serve this bundle as its next version "
+                                               "(without it, an existing name is 409)")] = False,
+) -> dict:
     if catalog().find(deployment.bundle_id) is None:
         raise ApiError(422, f"invalid request: bundle_id: no bundle {deployment.bundle_id!r} (see GET /v1/bundles)",
                        code="invalid_body", param="bundle_id")
@@ -292,7 +305,10 @@ async def put_deployment(deployment: Deployment) -> dict:
         await anyio.to_thread.run_sync(_check_model, deployment.target, "target")
     if deployment.shadow:
         await anyio.to_thread.run_sync(_check_model, deployment.shadow.teacher, "shadow.teacher")
-    saved = deployment_store().put(deployment.model_copy(update={"created_at": None}))
+    try:
+        saved = deployment_store().create(deployment, replace=replace)
+    except DeploymentError as exc:
+        raise _deployment_error(exc) from exc
     bundle = catalog().load(saved.bundle_id)
     if bundle is not None:
         warm_up(bundle)
@@ -311,19 +327,96 @@ def _deployment_or_404(name: str) -> Deployment:
     return found
 
 
-@deployments.get("/{name:path}/divergences", summary="Where the shadowed teacher and the served bundle disagreed")
-async def deployment_divergences(name: DeploymentName, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+@deployments.get("/{name:path}/divergences", summary="Where the shadowed teacher and the served bundle disagreed",
+                 responses=_responses(404))
+async def deployment_divergences(name: DeploymentName, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                                 version: Annotated[int | None, Query(ge=1)] = None) -> dict:
     _deployment_or_404(name)
-    rows = await anyio.to_thread.run_sync(lambda: divergences(name, limit))
+    rows = await anyio.to_thread.run_sync(lambda: divergences(name, limit, version))
     return {"object": "list", "data": rows}
 
 
-@deployments.get("/{name:path}", summary="One deployment")
+@deployments.get("/{name:path}/shadow", summary="Shadow statistics: requests, agreement with a 95 % interval, per cluster",
+                 responses=_responses(404))
+async def deployment_shadow(
+    name: DeploymentName,
+    version: Annotated[str | None, Query(pattern=r"^([1-9][0-9]{0,8}|all)$",
+                                         description="a version number or `all` (default: the served version)")] = None,
+) -> dict:
+    from foster.ui.deployments import shadow_stats
+
+    deployment = _deployment_or_404(name)
+    chosen = "all" if version == "all" else (int(version) if version else None)
+    stats = await anyio.to_thread.run_sync(lambda: shadow_stats(deployment, chosen))
+    return {**stats.model_dump(), "served_version": deployment.active,
+            "shadow": deployment.shadow.model_dump() if deployment.shadow else None}
+
+
+@deployments.get("/{name:path}/readiness", summary="Ready to cut over? The gate's verdict and its reason",
+                 responses=_responses(404))
+async def deployment_readiness(
+    name: DeploymentName,
+    min_requests: Annotated[int | None, Query(ge=1, le=10**9, description="shadowed requests needed (default 30)")] = None,
+    min_cluster_requests: Annotated[int | None, Query(ge=1, le=10**9, description="a cluster with this many requests "
+                                                                                  "must pass too (default 10)")] = None,
+    threshold: Annotated[float | None, Query(gt=0, le=1, description="default: the run's threshold")] = None,
+) -> dict:
+    from foster.ui.deployments import readiness
+
+    deployment = _deployment_or_404(name)
+    verdict = await anyio.to_thread.run_sync(lambda: readiness(
+        deployment, min_requests=min_requests, min_cluster_requests=min_cluster_requests, threshold=threshold))
+    return verdict.model_dump()
+
+
+@deployments.post("/{name:path}/promote", summary="Serve a version (default: the newest) from now on, atomically",
+                  responses=_responses(404, 409))
+async def promote_deployment(name: DeploymentName,
+                             version: Annotated[int | None, Query(ge=1, le=10**9, description="default: the newest")] = None) -> dict:
+    _deployment_or_404(name)
+    try:
+        promoted = deployment_store().promote(name, version)
+    except DeploymentError as exc:
+        raise _deployment_error(exc) from exc
+    bundle = catalog().load(promoted.bundle_id)
+    if bundle is not None:
+        warm_up(bundle)
+    return promoted.model_dump()
+
+
+@deployments.post("/{name:path}/rollback", summary="Serve again the version served before the current one",
+                  responses=_responses(404, 409))
+async def rollback_deployment(name: DeploymentName) -> dict:
+    _deployment_or_404(name)
+    try:
+        return deployment_store().rollback(name).model_dump()
+    except DeploymentError as exc:
+        raise _deployment_error(exc) from exc
+
+
+@deployments.post("/{name:path}/refine", status_code=202, responses=_responses(404, 409, 422),
+                  summary="Start a run seeded with the deployment's divergent live inputs; it adds a version when done")
+async def refine_deployment(name: DeploymentName) -> dict:
+    from foster.agent.config import InputError
+    from foster.ui.deployments import start_refine
+
+    _deployment_or_404(name)
+    try:
+        plan = await anyio.to_thread.run_sync(lambda: start_refine(name, background=True))
+    except DeploymentError as exc:
+        raise _deployment_error(exc) from exc
+    except InputError as exc:
+        raise ApiError(409, f"cannot refine {name!r}: {exc}", code="cannot_refine", param="name") from exc
+    return {**plan.model_dump(), "status": "queued", "events": f"/v1/runs/{plan.run_id}/events"}
+
+
+@deployments.get("/{name:path}", summary="One deployment: its versions, the served one, its history",
+                 responses=_responses(404))
 async def get_deployment(name: DeploymentName) -> dict:
     return _deployment_or_404(name).model_dump()
 
 
-@deployments.delete("/{name:path}", status_code=204, summary="Stop serving a deployment")
+@deployments.delete("/{name:path}", status_code=204, summary="Stop serving a deployment", responses=_responses(404))
 async def delete_deployment(name: DeploymentName) -> Response:
     if not deployment_store().delete(name):
         raise ApiError(404, f"no deployment {name!r}", code="deployment_not_found", param="name")
