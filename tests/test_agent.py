@@ -17,6 +17,18 @@ import fakes  # noqa: E402
 from foster.agent.decide import next_node, route, verdict  # noqa: E402
 
 
+def dumb_target(req) -> str:
+    """A target that never learns the task (it still writes probes when asked to, like the fake target)."""
+    text = fakes._last_user(req.messages_or_prompt)
+    if "Reply with the message only" in text:
+        return fakes.target(req)
+    return "I am not sure."
+
+
+def sections(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("## ")]
+
+
 def write_jsonl(path: Path, rows) -> str:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return str(path)
@@ -85,20 +97,28 @@ def test_discriminative_phrases_find_the_keywords():
     assert any("parcel" in g or "late" in g for g in phrases["SHIP-LATE"])
 
 
-def test_full_run_on_fakes(domain):
+@pytest.fixture
+def dumb(fake_model):
+    return fake_model(dumb_target, "fake-dumb")[0]
+
+
+def test_full_run_on_fakes(domain, dumb):
     from foster.agent.runs import start_run
     from foster.prompts.bundle import Bundle
     from foster.store.runs import RunRegistry
 
     run_id = start_run({"teacher": domain["teacher"], "targets": [domain["target"]], "inputs": domain["inputs"],
-                        "task": "Route the ticket.", "budget_calls": 10, "max_rounds": 1})
+                        "task": "Route the ticket.", "budget_calls": 10, "max_rounds": 1, "threshold": 0.5})
     reg = RunRegistry()
     d = reg.run_dir(run_id)
     report = json.loads((d / "report.json").read_text())
     t = report["targets"][domain["target"]]
     assert t["zero_shot"]["fidelity"] < t["best"]["fidelity"]  # the fake only knows labels it is shown
     assert 0 < report["ceiling"] <= 1 and t["calibration_gap"] is not None
-    assert report["verdict"] in ("threshold met", "plateau below threshold")
+    # verdict "threshold met": straight to bundle, no fallback
+    assert t["best"]["fidelity"] >= 0.5 and report["verdict"] == "threshold met"
+    assert "lora" not in report and "## LoRA fallback" not in (d / "report.md").read_text()
+    assert report["best_bundle"]["variant"] == t["best"]["variant"]
     b = Bundle.load(d / "best_bundle.json")
     assert b.messages("my parcel is late")[-1]["content"] == "my parcel is late"
     assert (d / "report.md").exists() and (d / "grid.json").exists()
@@ -106,6 +126,22 @@ def test_full_run_on_fakes(domain):
     assert reg.get(run_id).status == "done"
     held = [p for p in json.loads((d / "probes-round1.json").read_text()) if p["split"] == "heldout"]
     assert len(held) == round(len(fakes.HISTORICAL) * 0.3)
+
+    # the exported acceptance test runs under pytest against the run that wrote it: the teacher itself
+    # passes it, a target that never learned the task fails it
+    accept = d / "spec" / "test_acceptance.py"
+    for model, bundle, expected in ((domain["teacher"], None, 0), (domain["target"], d / "best_bundle.json", 0),
+                                    (domain["teacher"].replace("fake-teacher", "fake-dumb"), None, 1)):
+        os.environ["FOSTER_ACCEPT_MODEL"] = model
+        os.environ.pop("FOSTER_ACCEPT_BUNDLE", None)
+        if bundle:
+            os.environ["FOSTER_ACCEPT_BUNDLE"] = str(bundle)
+        try:
+            code = pytest.main([str(accept), "-q", "-p", "no:cacheprovider", "--rootdir", str(accept.parent)])
+        finally:
+            os.environ.pop("FOSTER_ACCEPT_MODEL", None)
+            os.environ.pop("FOSTER_ACCEPT_BUNDLE", None)
+        assert code == expected, (model, bundle)
 
 
 def test_records_path(domain, fake_model):
@@ -125,10 +161,35 @@ def test_relabel_path_lists_disagreements(domain):
     from foster.store.runs import RunRegistry
 
     gold = write_jsonl(domain["dir"] / "gold.jsonl", [{"input": x, "output": fakes.true_label(x)} for x in fakes.HISTORICAL])
-    run_id = start_run({"train_data": gold, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1})
-    report = RunRegistry().read_json(run_id, "report.json")
+    run_id = start_run({"train_data": gold, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1,
+                        "lora_fallback": False})
+    reg = RunRegistry()
+    report = reg.read_json(run_id, "report.json")
     assert report["path"] == "relabel"
-    assert "disagreements" in report
+    grid = reg.read_json(run_id, "grid.json")
+    best = report["best_bundle"]
+    key = f"{best['target']}::{best['variant']}"
+    answered = {r["input"]: r["answers"][key] for r in grid["rows"]}
+    # one entry per held-out input where the target, through the shipped bundle, differs from the corpus
+    assert [d["input"] for d in report["disagreements"]] == [i for i, a in answered.items() if not a["agree"]]
+    for d in report["disagreements"]:
+        assert d["gold"] == fakes.true_label(d["input"])  # the corpus's label, not the target's
+        assert d["answer"] == answered[d["input"]]["answer"] and d["answer"] != d["gold"]
+    md = (reg.run_dir(run_id) / "report.md").read_text()
+    assert all(repr(d["input"]) in md for d in report["disagreements"][:50])
+
+
+def test_relabel_disagreements_name_every_miss_of_a_target_that_never_learns(domain, dumb):
+    from foster.agent.runs import start_run
+    from foster.store.runs import RunRegistry
+
+    gold = write_jsonl(domain["dir"] / "gold.jsonl", [{"input": x, "output": fakes.true_label(x)} for x in fakes.HISTORICAL])
+    run_id = start_run({"train_data": gold, "targets": [dumb], "budget_calls": 5, "max_rounds": 1,
+                        "lora_fallback": False})
+    report = RunRegistry().read_json(run_id, "report.json")
+    assert len(report["disagreements"]) == report["held_out"] > 0
+    assert {d["answer"] for d in report["disagreements"]} == {"I am not sure."}
+    assert {d["gold"] for d in report["disagreements"]} <= set(fakes.LABELS)
 
 
 def test_call_cap_stops_cleanly(domain):
@@ -140,6 +201,69 @@ def test_call_cap_stops_cleanly(domain):
     st = RunRegistry().get(run_id)
     assert st.status == "stopped"
     assert domain["t"].calls + domain["g"].calls <= 31
+    report = RunRegistry().read_json(run_id, "report.json")
+    assert report["verdict"].startswith("stopped: call cap reached") and "lora" not in report  # no fallback
+
+
+# -- each verdict's route, on a target that never learns the task -------------------------------------
+
+def _plateau_run(domain, dumb, **config) -> tuple[str, dict, str]:
+    from foster.agent.runs import start_run
+    from foster.store.runs import RunRegistry
+
+    run_id = start_run({"teacher": domain["teacher"], "targets": [dumb], "inputs": domain["inputs"],
+                        "task": "Route the ticket.", "budget_calls": 4, "synth_per_kind": 1, "max_rounds": 1,
+                        **config})
+    reg = RunRegistry()
+    return run_id, reg.read_json(run_id, "report.json"), (reg.run_dir(run_id) / "report.md").read_text()
+
+
+def test_plateau_falls_back_to_lora_and_its_failure_is_reported_not_swallowed(domain, dumb):
+    from foster.agent.lora.job import job_status
+    from foster.store.runs import RunRegistry
+
+    run_id, report, md = _plateau_run(domain, dumb)
+    assert report["verdict"] == "plateau below threshold"
+    lo = report["lora"]
+    # a registered fake has no weights to train: the fallback fails before spending a call, and says why
+    assert lo["status"] == "failed" and "registered backend without weights" in lo["error"], lo
+    assert job_status(run_id).status == "failed"
+    assert report["best_artifact"]["kind"] == "bundle" and report["best_bundle"]["variant"] != "lora"
+    assert "## LoRA fallback" in md and f"- failed: {lo['error']}" in md
+    assert any(e["node"] == "lora" and e["kind"] == "error" for e in RunRegistry().events(run_id))
+
+
+def test_plateau_without_the_fallback_goes_to_bundle(domain, dumb):
+    run_id, report, md = _plateau_run(domain, dumb, lora_fallback=False)
+    assert report["verdict"] == "plateau below threshold"
+    assert "lora" not in report and "## LoRA fallback" not in md
+
+
+def test_still_improving_probes_again_before_the_plateau(domain, dumb):
+    run_id, report, _ = _plateau_run(domain, dumb, max_rounds=2, lora_fallback=False)
+    assert report["rounds"] == 2 and len(report["history"]) == 2  # round 1 said "still improving"
+    assert report["verdict"] == "plateau below threshold"
+
+
+def test_lora_on_a_finished_run_is_a_fork_that_writes_the_same_report(domain, dumb):
+    """`foster lora RUN` on a run that stopped at the plateau without the fallback: the graph forked at
+    decide runs lora → bundle, and report.md and best_bundle come out as in a run that fell back itself."""
+    from foster.agent.runs import run_lora, run_state
+
+    fell_back, report_a, md_a = _plateau_run(domain, dumb)
+    finished, report_b, md_b = _plateau_run(domain, dumb, lora_fallback=False)
+    assert "## LoRA fallback" not in md_b
+    section = run_lora(finished, show_bar=False)
+    from foster.store.runs import RunRegistry
+
+    reg = RunRegistry()
+    report_b = reg.read_json(finished, "report.json")
+    md_b = (reg.run_dir(finished) / "report.md").read_text()
+    assert section == report_b["lora"] and section["status"] == report_a["lora"]["status"] == "failed"
+    assert sections(md_a) == sections(md_b)
+    assert set(report_a) == set(report_b)
+    assert set(report_a["best_bundle"]) == set(report_b["best_bundle"])
+    assert run_state(finished)["next"] == "lora" and reg.get(finished).status == "done"
 
 
 # -- bad input: exit 2, one line, nothing written -----------------------------------------------------
