@@ -32,7 +32,7 @@ def read(name: str) -> list[dict]:
 
 @pytest.mark.parametrize("name, keys, size", [
     ("train.jsonl", {"input", "output"}, 400),
-    ("inputs.jsonl", {"input"}, 40),
+    ("inputs.jsonl", {"input"}, 300),
     ("records.jsonl", {"input", "output"}, 60),
     ("gold.jsonl", {"input", "output"}, 40),
 ])
@@ -64,6 +64,7 @@ def test_data_is_reproducible():
     splits = make_data.generate()
     assert [r["input"] for r in splits["gold"]] == [r["input"] for r in read("gold.jsonl")]
     assert splits["train"] == read("train.jsonl")
+    assert [r["input"] for r in splits["inputs"]] == [r["input"] for r in read("inputs.jsonl")]
 
 
 def test_adapter_files_exist():

@@ -2,9 +2,10 @@
 
     python examples/ticket_routing/make_data.py
 
-Writes data/train.jsonl, data/inputs.jsonl, data/gold.jsonl and data/records.jsonl. The records'
-outputs are the *gold* labels here; `train_teacher.py record` overwrites them with what the trained
-teacher actually answered (the "teacher is gone, its outputs were recorded" path).
+Writes data/train.jsonl, data/inputs.jsonl (a history of HISTORY = 300 inputs), data/gold.jsonl and
+data/records.jsonl. The records' outputs are the *gold* labels here; `train_teacher.py record`
+overwrites them with what the trained teacher actually answered (the "teacher is gone, its outputs
+were recorded" path).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ LABELS = [
 
 # Split sizes; every split is disjoint from every other by normalised text.
 SIZES = {"train": 400, "inputs": 40, "gold": 40, "records": 60}
+# The historical inputs a team hands foster: the first 40 are the original `inputs` split (so the other
+# splits, and the teacher trained on `train`, stay exactly as they were); the rest are drawn after them
+# with their own seed. 300 is enough for a held-out set of 100 probes beside a training pool.
+HISTORY = 300
 
 SLOTS = {
     "product": [
@@ -259,7 +264,25 @@ def generate(seed: int = SEED) -> dict[str, list[dict]]:
                 cursor[label] += 1
         rng.shuffle(rows)
         splits[split] = rows
+    splits["inputs"] = splits["inputs"] + more_history(HISTORY - len(splits["inputs"]), seen, seed)
     return splits
+
+
+def more_history(n: int, seen: set[str], seed: int) -> list[dict]:
+    """n more tickets, balanced over labels, none equal (normalised) to any text already in `seen`."""
+    rng = random.Random(seed + 1)
+    rows: list[dict] = []
+    k = 0
+    while len(rows) < n:
+        label = LABELS[k % len(LABELS)]
+        text = render(label, rng.choice(TEMPLATES[label]), rng)
+        if norm(text) in seen:
+            continue
+        seen.add(norm(text))
+        rows.append({"input": text, "output": label})
+        k += 1
+    rng.shuffle(rows)
+    return rows
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
