@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections import defaultdict
-
-from langgraph.runtime import Runtime
 
 from foster.agent import metrics
 from foster.agent.context import RunContext, StopRun, node_timer, stable_seed
 from foster.agent.state import State
 from foster.agent.target import ask
+from langgraph.runtime import Runtime
 
 _cache_lock = threading.Lock()
 
@@ -29,7 +27,6 @@ class AnswerCache:
         return self.data.get(key)
 
     def put(self, key: str, value: dict) -> None:
-        from foster.store.runs import write_json_atomic
 
         with _cache_lock:
             self.data[key] = value

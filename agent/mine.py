@@ -7,18 +7,22 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from langgraph.runtime import Runtime
-
 from foster.agent.context import RunContext, StopRun, node_timer
 from foster.agent.state import State
+from langgraph.runtime import Runtime
 
 WORD = re.compile(r"[a-z][a-z']+")
-STOP = set("""a an the and or but to of in on for with is are was were be been it this that my me i you your we
-our they them he she his her at as by from have has had do does did not no so if can could would should will just
-please hi hello hey thanks thank there what when where how why which who get got us any all am its im ive id dont
-know take one some more very really also still now""".split())
+STOP = {
+    "a", "an", "the", "and", "or", "but", "to", "of", "in", "on", "for", "with", "is", "are", "was", "were",
+    "be", "been", "it", "this", "that", "my", "me", "i", "you", "your", "we", "our", "they", "them", "he",
+    "she", "his", "her", "at", "as", "by", "from", "have", "has", "had", "do", "does", "did", "not", "no",
+    "so", "if", "can", "could", "would", "should", "will", "just", "please", "hi", "hello", "hey", "thanks",
+    "thank", "there", "what", "when", "where", "how", "why", "which", "who", "get", "got", "us", "any",
+    "all", "am", "its", "im", "ive", "id", "dont", "know", "take", "one", "some", "more", "very", "really",
+    "also", "still", "now"
+}
 REAL_KINDS = ("historical", "record", "corpus")  # inputs users sent; every other kind was written by the generator
-SIGN_OFF = re.compile(r"(?:thanks|thank you|cheers|regards|best|br|love|-)[\s,.!]+([A-Za-z][a-z'-]+)[\s.!]*$", re.I)
+SIGN_OFF = re.compile(r"(?:thanks|thank you|cheers|regards|best|br|love|-)[\s,.!]+([A-Za-z][a-z'-]+)[\s.!]*$", re.IGNORECASE)
 CAPITALISED = re.compile(r"(?<=[a-z0-9,;] )([A-Z][a-z'-]+)")  # a capital after a lower-case word: not a sentence start
 MIN_PRECISION = 0.6  # a rule phrase says "this answer" at least this often, or it is a keyword bag
 
@@ -257,7 +261,7 @@ def build_candidates(ctx: RunContext, state: dict) -> list[dict]:
     pool = [Example(input=t, output=m) for t, m in pairs]
     condensed = condense_pool(pool_items, spec)
     fixed = [Example(input=p["text"], output=per[p["id"]]["mode"]) for p in choose_fixed_examples(usable, spec)]
-    common = dict(teacher=c.teacher_id, targets=c.targets, output_contract=contract)
+    common = {"teacher": c.teacher_id, "targets": c.targets, "output_contract": contract}
     variants = {
         "zero-shot": Bundle(name="zero-shot", system_prompt=render("mine", "minimal", task=task).strip(), **common),
         "mined-fixed": Bundle(name="mined-fixed", system_prompt=system, examples=fixed,

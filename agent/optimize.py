@@ -23,7 +23,6 @@ from foster.prompts.bundle import Bundle, Provenance
 
 if TYPE_CHECKING:  # dspy takes seconds to import: `from agent.optimize import OPTIMIZERS` must not
     import dspy
-
     from foster.agent.dspy_adapter import CallCounter
 
 __all__ = [
@@ -236,7 +235,6 @@ def run_gepa(program, trainset, metric, budget, run: OptimizerRun):
     proposer = None
     if run.plain_proposer:
         from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
-
         from foster.agent.dspy_adapter import PlainTextAdapter
 
         proposer = InstructionProposer(adapter=PlainTextAdapter())
@@ -389,8 +387,12 @@ def optimize(
         raise ValueError(f"budget_calls must be at least 1, got {budget_calls}")
 
     import dspy
-
-    from foster.agent.dspy_adapter import BundleAdapter, CallCounter, PlainTextAdapter, gateway_lm
+    from foster.agent.dspy_adapter import (
+        BundleAdapter,
+        CallCounter,
+        PlainTextAdapter,
+        gateway_lm,
+    )
 
     budget = CallCounter(limit=budget_calls)  # every call to the target model
     program_calls = CallCounter(parent=budget)

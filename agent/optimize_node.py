@@ -6,12 +6,10 @@ more than the interval, and a proposal with a lint error never enters the race.
 """
 from __future__ import annotations
 
-from langgraph.runtime import Runtime
-
 from foster.agent.context import RunContext, StopRun, node_timer
 from foster.agent.state import State
 from foster.agent.target import is_completion
-
+from langgraph.runtime import Runtime
 
 VALIDATION_FRACTION, VALIDATION_MIN, VALIDATION_MAX = 0.25, 8, 40
 
@@ -29,8 +27,14 @@ def dspy_optimizer(optimizer: str, miner: str | None) -> str | None:
 def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
     """Tune k, the pool, fixed vs retrieved examples and the rules per target; run DSPy beside it when asked."""
     from foster.agent.mine import known_for_lint
-    from foster.agent.optimize import (TrainItem, accept_proposal, carve_validation, tune, validation_scores,
-                                       optimize as run_optimizer)
+    from foster.agent.optimize import (
+        TrainItem,
+        accept_proposal,
+        carve_validation,
+        tune,
+        validation_scores,
+    )
+    from foster.agent.optimize import optimize as run_optimizer
     from foster.prompts.bundle import Bundle
 
     ctx = runtime.context

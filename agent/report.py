@@ -20,8 +20,8 @@ def _diff(d: dict | None) -> str:
 
 
 def summary_table(report: dict) -> str:
-    lines = [f"{'target':<34} {'zero-shot':>26} {'shipped (95% interval, n)':>28} {'copy, no LLM':>26} "
-             f"{'ceiling':>8} {'cal.gap':>8}  variant (tokens/call)"]
+    lines = [(f"{'target':<34} {'zero-shot':>26} {'shipped (95% interval, n)':>28} {'copy, no LLM':>26} "
+              f"{'ceiling':>8} {'cal.gap':>8}  variant (tokens/call)")]
     for t, s in report.get("targets", {}).items():
         z = s.get("zero_shot") or {}
         b = s["best"]
@@ -54,8 +54,8 @@ def markdown(report: dict) -> str:
         out.append(f"> {n}")
     out += ["", "## Per target", "", "```", summary_table(report), "```", ""]
     for t, s in report.get("targets", {}).items():
-        out += [f"### {t}", "", "| variant | fidelity [95 % interval] n | − best [95 %] | − copy [95 %] | sampled agr. | "
-                "cal. gap | tokens/call (o200k) | lint errors | latency s | cost |",
+        out += [f"### {t}", "", ("| variant | fidelity [95 % interval] n | − best [95 %] | − copy [95 %] | sampled agr. | "
+                                 "cal. gap | tokens/call (o200k) | lint errors | latency s | cost |"),
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for v in s.get("variants", []):
             errs = sum(1 for f in v.get("lint") or [] if f.get("severity") == "error")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SCORERS", "Scoring", "Scorer", "resolve", "scorer"]
+__all__ = ["SCORERS", "Scorer", "Scoring", "resolve", "scorer"]
 
 
 @dataclass

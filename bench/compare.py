@@ -444,8 +444,9 @@ def table(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     out = [f"# foster vs the copy, zero-shot and plain DSPy — {result['date']} ({result['mode']})", "",
-           f"Command: `{result['command']}`  ", f"Targets: {', '.join(f'`{t}`' for t in result['targets'])}; machine: "
-           f"{result['machine']['platform']}, {result['machine']['cpus']} CPUs; total {result['wall_s']:.0f} s", "",
+           f"Command: `{result['command']}`  ",
+           (f"Targets: {', '.join(f'`{t}`' for t in result['targets'])}; machine: "
+            f"{result['machine']['platform']}, {result['machine']['cpus']} CPUs; total {result['wall_s']:.0f} s"), "",
            table(result), ""]
     for name, d in result["domains"].items():
         if "error" in d:

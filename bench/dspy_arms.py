@@ -17,7 +17,16 @@ import re
 import traceback
 from collections.abc import Callable
 
-from bench.compare import Domain, Settings, Shared, _figures, _o200k, _strip, evaluate_arm, measured
+from bench.compare import (
+    Domain,
+    Settings,
+    Shared,
+    _figures,
+    _o200k,
+    _strip,
+    evaluate_arm,
+    measured,
+)
 
 _FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]")
 
@@ -39,7 +48,6 @@ def budget_engine(model: str, counter):
     """A DSPy engine that sends calls through foster's gateway and stops calling the model once
     `counter` is spent. `.raw` keeps every text it returned."""
     from dspy.lm15 import Message, Response, Usage
-
     from foster.agent.dspy_adapter import GatewayEngine
 
     class BudgetEngine(GatewayEngine):
@@ -109,7 +117,6 @@ def dspy_arm(name: str, compile_fn: Callable, shared: Shared, settings: Settings
     """Compile a plain program with `compile_fn(program, trainset, metric, lm, budget, log)` under the
     call budget, then evaluate it on the held-out probes as DSPy runs it."""
     import dspy
-
     from foster.agent.dspy_adapter import CallCounter
 
     counter = CallCounter(limit=budget)
@@ -201,7 +208,6 @@ def compile_knn(program, trainset, metric, lm, budget, log):
     """dspy.KNNFewShot over the train probes with foster's embedding model: the k nearest as labelled
     demos per input (max_bootstrapped_demos=0: retrieval only, no call spent compiling)."""
     import dspy
-
     from foster.prompts.embedding import embed
 
     k = log.get("knn_k", 4)

@@ -37,18 +37,18 @@ class Finding:
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 # order ids (#BR-34332, br-27130, A12345), long digit runs, money and phone numbers
-ORDER_ID = re.compile(r"#\s?[\w-]*\d|\b[a-z]{1,4}-?\d{3,}\b|\b\d{3,}\b|[$€£]\s?\d|\+?\d[\d ()-]{6,}\d", re.I)
-SIGN_OFF = re.compile(r"\b(thanks|thank you|cheers|regards|best|love|sincerely|yours)[\s,]+([a-z][a-z'-]+)\b", re.I)
+ORDER_ID = re.compile(r"#\s?[\w-]*\d|\b[a-z]{1,4}-?\d{3,}\b|\b\d{3,}\b|[$€£]\s?\d|\+?\d[\d ()-]{6,}\d", re.IGNORECASE)
+SIGN_OFF = re.compile(r"\b(thanks|thank you|cheers|regards|best|love|sincerely|yours)[\s,]+([a-z][a-z'-]+)\b", re.IGNORECASE)
 ROLE_MARKER = re.compile(r"(?im)^\s*\(?(system|user|assistant|human)\)?\s*:|"
                          r"\((answer|assistant|user)\)|<\|[^|>]*\|>|\[\[ ## |<start_of_turn>|<end_of_turn>")
 TO_OPTIMIZER = re.compile(r"\b(new|improved|revised|updated|better) instructions?\b|\binstructions? (i|you) (gave|give|wrote)\b|"
                           r"\breply with the (new )?instruction\b|\bhere (is|are) the (new|revised|improved)\b|"
                           r"\bthe assistant('s)? (task|instruction|answers?)\b|\bthe optimi[sz]er\b|\bprevious instruction\b",
-                          re.I)
+                          re.IGNORECASE)
 # what a generator says about its output rather than a message a user would send
 GENERATOR_CHATTER = re.compile(r"^\s*(sure|certainly|of course|absolutely)\b[,!.]|\bas an ai\b|"
                                r"^\s*here('s| is| are) (a|an|some|one|the) [^.!?]{0,40}\b(poem|story|message|example|"
-                               r"variation|query|question|text|input|version)s?\b|\b(poem|haiku|limerick|sonnet)\b", re.I)
+                               r"variation|query|question|text|input|version)s?\b|\b(poem|haiku|limerick|sonnet)\b", re.IGNORECASE)
 # a bullet after text on the same line: "...used:- a: messages about ..." (rules run together)
 RUN_TOGETHER = re.compile(r"\S\s*-\s+[^\s:]{1,60}:\s+\S")
 _SEP = re.compile(r"[\s_\-./]+")

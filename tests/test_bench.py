@@ -6,7 +6,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-import fakes  # noqa: E402
+import fakes
 
 
 def test_compare_harness_on_fakes(tmp_path, fake_model):
@@ -27,7 +27,7 @@ def test_compare_harness_on_fakes(tmp_path, fake_model):
     d = result["domains"]["fake_routing"]
     assert "error" not in d, d
     assert d["answer_kind"] == "closed" and set(d["targets"]) == {target, other}
-    for name, t in d["targets"].items():
+    for t in d["targets"].values():
         assert "error" not in t, t
         assert set(t["arms"]) == set(compare.ARMS)
         budget = t["budget_calls"]

@@ -3,7 +3,6 @@ and mine keeps each of them out of the bundles it writes."""
 from __future__ import annotations
 
 import pytest
-
 from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
 from foster.prompts.lint import errors
 

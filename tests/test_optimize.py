@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import dspy
 import pytest
-
 from foster.agent.dspy_adapter import BundleAdapter, gateway_lm
-from foster.agent.optimize import OPTIMIZERS, TrainItem, agreement, bundle_to_program, optimize, program_to_bundle
+from foster.agent.optimize import (
+    OPTIMIZERS,
+    TrainItem,
+    agreement,
+    bundle_to_program,
+    optimize,
+    program_to_bundle,
+)
 from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
 
 RULE = "Refund requests are billing."
@@ -171,7 +177,7 @@ def test_gepa_on_the_embedded_135m_target():
 
 # --- foster's own tuner and the rules that keep a seed -----------------------------------------------
 
-from foster.agent.optimize import accept_proposal, beats, carve_validation, tune  # noqa: E402
+from foster.agent.optimize import accept_proposal, beats, carve_validation, tune
 
 RULES = "Route the message.\nHow the labels are used:\n- billing: messages about \"refund\""
 POOL_ITEMS = [TrainItem(input=f"refund request number {w}", teacher_mode="billing", teacher_dist={"billing": 1.0})
