@@ -97,9 +97,11 @@ class PoolVectors(BaseModel):
                    data=base64.b64encode(rows.tobytes()).decode("ascii"))
 
     def array(self) -> np.ndarray:
-        """The rows as float32, (count, dim)."""
+        """The rows as float32, (count, dim), unit length again after float16 rounding (so a dot
+        product is the cosine every exported selector computes)."""
         rows = np.frombuffer(base64.b64decode(self.data), dtype="<f2").reshape(self.count, self.dim)
-        return rows.astype(np.float32)
+        rows = rows.astype(np.float32)
+        return rows / np.clip(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12, None)
 
 
 class ExampleSelection(BaseModel):

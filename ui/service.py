@@ -263,6 +263,30 @@ async def get_bundle(bundle_id: BundleId, format: Format = "json") -> Response:
     return _bundle_response(entry.path, format)
 
 
+@bundles.get(
+    "/{bundle_id}/export",
+    summary="A bundle as a file for OpenAI, LangChain, DSPy or promptfoo",
+    responses={200: {"content": {"application/json": {}, "text/x-python": {}, "application/yaml": {}},
+                     "description": "the exported file (Content-Disposition names it)"},
+               404: {"description": "no such bundle"}, 422: {"description": "unknown format"}},
+)
+async def export_bundle(
+    bundle_id: BundleId,
+    format: Annotated[str, Query(pattern="^(openai|langchain|dspy|promptfoo)$", description="the tool to export for")],
+) -> Response:
+    """What `foster export` writes; a bundle inside a run also gets that run's held-out probes
+    (promptfoo's tests) and sampling parameters."""
+    from foster.prompts.export import export_bundle as export, run_context, run_dir_of
+
+    entry = catalog().find(bundle_id)
+    bundle = catalog().load(bundle_id) if entry is not None else None
+    if entry is None or bundle is None:
+        raise ApiError(404, f"no bundle {bundle_id!r} (see GET /v1/bundles)", code="bundle_not_found", param="bundle_id")
+    exported = await anyio.to_thread.run_sync(lambda: export(bundle, format, run_context(run_dir_of(entry.path))))
+    return Response(exported.text, media_type=exported.media_type,
+                    headers={"content-disposition": f'attachment; filename="{exported.filename}"'})
+
+
 @bundles.post("", status_code=201, summary="Publish a bundle (saved to foster_home()/bundles/<id>.json)")
 async def publish_bundle(bundle: Bundle) -> dict:
     """The body is a bundle document (as Bundle.save writes it); it is validated, refused if it
