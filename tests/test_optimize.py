@@ -272,3 +272,24 @@ def test_ship_the_smallest_variant_within_the_interval_of_the_best():
     assert why["best_fidelity"] == "mined-knn" and set(why["within_interval"]) == {"mined-knn", "compact"}
     lo, hi = metrics.wilson(36, 40)
     assert lo == pytest.approx(0.7694, abs=1e-3) and hi == pytest.approx(0.9604, abs=1e-3)
+
+
+def test_dspy_runs_by_default_only_with_a_reflection_model():
+    from foster.agent.optimize_node import dspy_optimizer
+
+    assert dspy_optimizer("auto", None) is None  # the target reflecting on its own prompt adds nothing
+    assert dspy_optimizer("auto", "openai/gpt-4o") == "gepa"
+    assert dspy_optimizer("foster", "openai/gpt-4o") is None
+    assert dspy_optimizer("miprov2", None) == "miprov2"  # asked for by name: it runs beside the tuner
+
+
+def test_the_report_says_in_words_when_copying_beats_the_bundle():
+    from foster.agent import metrics
+    from foster.agent.evaluate import copy_verdict
+
+    bundle, copy = [1.0] * 20 + [0.0] * 20, [1.0] * 38 + [0.0] * 2
+    best = {"variant": "mined-knn", "fidelity": 0.5, "vs_copy": metrics.paired_difference(bundle, copy)}
+    words = copy_verdict(best, metrics.fidelity_interval(copy, exact=True))
+    assert words.startswith("copying the nearest recorded answer with no LLM (0.950) beats the shipped bundle")
+    best = {"variant": "mined-knn", "fidelity": 0.95, "vs_copy": metrics.paired_difference(copy, copy)}
+    assert "within the interval" in copy_verdict(best, metrics.fidelity_interval(copy, exact=True))
