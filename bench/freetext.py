@@ -255,11 +255,13 @@ def run(quick: bool | None = None, targets: tuple[str, ...] | list[str] = TARGET
     tmp = Path(home)
     out_dir = out_dir or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"freetext-{dt.date.today().isoformat()}{'-quick' if quick else ''}"
+    part = "" if set(parts) == {"house_style", "relabel"} else "-" + "-".join(parts)  # parts run apart keep apart files
+    stem = out_dir / f"freetext-{dt.date.today().isoformat()}{'-quick' if quick else ''}{part}"
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "freetext", "date": dt.datetime.now().isoformat(timespec="seconds"),
                               "mode": "quick" if quick else "full", "settings": asdict(s), "targets": list(targets),
-                              "command": "python -m bench.freetext" + (" --quick" if quick else ""), "foster_home": home,
+                              "command": "python -m bench.freetext" + (" --quick" if quick else "")
+                              + (f" --parts {' '.join(parts)}" if part else ""), "foster_home": home,
                               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                           "load_average_at_start": os.getloadavg()}}
 
