@@ -497,28 +497,33 @@ def beats(challenger: list[float], incumbent: list[float], seed: int = 0) -> tup
 
 
 def _configurations(base: Bundle, ingredients: dict, ks: tuple[int, ...]) -> list[tuple[str, Bundle]]:
-    """The knobs foster controls, one change from the seed at a time, then the smallest combination."""
+    """The knobs foster controls, one change from the seed at a time, in the order a small budget should
+    try them: the rules (on the demo they are half of every call's tokens), then the smallest k without
+    them, then k, the condensed pool and fixed examples."""
     from foster.prompts.bundle import Example, ExampleSelection
 
     plain = ingredients.get("system_plain")
     condensed = [Example(**e) for e in ingredients.get("condensed") or []]
     fixed = [Example(**e) for e in ingredients.get("fixed") or []]
     k0 = base.selection.k
+
+    def with_k(b: Bundle, k: int) -> Bundle:
+        return b.model_copy(update={"selection": b.selection.model_copy(update={"k": k})})
+
     out: list[tuple[str, Bundle]] = []
-    for k in ks:
-        if k != k0:
-            out.append((f"k={k}", base.model_copy(update={"selection": base.selection.model_copy(update={"k": k})})))
-    if plain is not None and plain != base.system_prompt:
+    rules_differ = plain is not None and plain != base.system_prompt
+    if rules_differ:
         out.append(("rules off", base.model_copy(update={"system_prompt": plain})))
+    smaller = sorted(k for k in ks if k < k0)
+    if rules_differ and smaller:
+        out.append((f"rules off, k={smaller[0]}", with_k(base.model_copy(update={"system_prompt": plain}), smaller[0])))
+    for k in sorted((k for k in ks if k != k0), key=lambda k: (k > k0, -k if k < k0 else k)):
+        out.append((f"k={k}", with_k(base, k)))
     if condensed and len(condensed) < len(base.examples):
         out.append(("condensed pool", base.model_copy(update={"examples": condensed})))
     if fixed:
         out.append(("fixed examples", base.model_copy(update={"examples": fixed,
                                                               "selection": ExampleSelection(kind="fixed")})))
-    smallest = min(ks)
-    if plain is not None and smallest < k0:
-        out.append((f"rules off, k={smallest}", base.model_copy(update={
-            "system_prompt": plain, "selection": base.selection.model_copy(update={"k": smallest})})))
     return out
 
 
