@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned, so the CPU wheel is taken instead of several GB of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev,scale]"
+	# MiniLM as ONNX, once per machine (~/.cache/foster/embeddings): bundles then render without torch
+	$(BIN)/python -m foster.prompts.onnx_embed >/dev/null 2>&1 || echo "the ONNX embedding export failed: the first embedding call will retry it"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +26,8 @@ demo: install
 	$(BIN)/foster demo
 
 # Headless Chromium for the UI screenshot test, PostgreSQL for the scale-out test (Debian packages; root
-# on CI and dev machines). The tests start and stop their own servers on loopback (tests/servers.py).
+# on CI and dev machines), promptfoo from npm for the promptfoo export test (its first install takes minutes).
+# The tests start and stop their own servers on loopback (tests/servers.py).
 test-deps:
 	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ) || \
@@ -32,6 +35,10 @@ test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql </dev/null >/dev/null) ) || \
 		echo "postgresql not installed: the scale-out test will be skipped"
+	@command -v promptfoo >/dev/null 2>&1 || ( (command -v npm >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm </dev/null >/dev/null)) && \
+		npm install -g --silent --no-fund --no-audit promptfoo </dev/null >/dev/null 2>&1 ) || \
+		echo "promptfoo not installed: the promptfoo export test will fail"
 
 test: install test-deps
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ["bench.gateway", "bench.service", "bench.probing", "bench.router", "bench.compare", "bench.freetext"]
+BENCHMARKS = ["bench.gateway", "bench.service", "bench.probing", "bench.router", "bench.bundle_runtime", "bench.compare", "bench.freetext"]
 
 
 def main(argv: list[str] | None = None) -> int:

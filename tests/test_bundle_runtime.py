@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -139,49 +138,11 @@ RUNTIME_PROBE = textwrap.dedent(
 )
 
 
-def runtime_requirements() -> list[str]:
-    """The bundle runtime's dependencies: pyproject's `runtime` extra (one place)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return list(project["optional-dependencies"]["runtime"])
-
-
-def make_runtime_venv(where: Path) -> Path:
-    """A virtualenv with foster (no dependencies) plus the runtime extra only; returns its python."""
-    import shutil
-
-    source = where / "src"
-    for name in ("foster", "prompts"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    # only the namespace and prompts/: a bundle needs nothing of agent/, store/ or ui/
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    (source / "pyproject.toml").write_text(textwrap.dedent(f"""
-        [build-system]
-        requires = ["setuptools>=68"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "foster"
-        version = "{project['version']}"
-        [tool.setuptools]
-        packages = ["foster", "foster.prompts"]
-        [tool.setuptools.package-dir]
-        "foster" = "foster"
-        "foster.prompts" = "prompts"
-        [tool.setuptools.package-data]
-        "foster.prompts" = ["templates/*.yaml", "templates/*.j2"]
-    """))
-    venv = where / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, *runtime_requirements()], check=True)
-    subprocess.run([*pip, "--no-deps", str(source)], check=True)
-    return python
-
-
 @pytest.mark.integration
 def test_fresh_venv_with_only_the_runtime_renders_a_knn_bundle(tmp_path):
     """No torch, sentence-transformers, litellm or dspy: load a knn bundle, render 100 inputs, and
     get exactly the messages foster's full install renders."""
+    from bench.bundle_runtime import make_runtime_venv
     from foster.prompts.onnx_embed import ensure_exported
 
     bundle = _knn_bundle(k=4)

@@ -1,8 +1,9 @@
 """`openai`: a Chat Completions request template (messages, stop, sampling) as JSON.
 
-The last message's content is "{{input}}". A knn bundle adds `pool` (its examples, k, the
-embedding and the stored float16 vectors) and `loader`, ten lines of Python that insert the k
-nearest examples, nearest last, before the input: exactly what `Bundle.messages()` sends.
+The last message's content is "{{input}}"; `loader` is ten lines of Python that fill it in and,
+for a knn bundle (which adds `pool`: its examples, k, the embedding and the stored float16
+vectors), insert the k nearest examples, nearest last, before the input: exactly what
+`Bundle.messages()` sends.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def render(bundle: Bundle, context: ExportContext) -> str:
     }
     if knn is not None:
         document["pool"] = knn
-        document["loader"] = LOADER
+    document["loader"] = LOADER  # also for fixed bundles: one way to fill in the input
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -57,5 +58,5 @@ def load_messages(text: str, inputs: list[str], embed: Callable[[str], Any]) -> 
     """The messages the export sends for each input, through its own loader."""
     document = json.loads(text)
     namespace: dict[str, Any] = {}
-    exec(document.get("loader") or LOADER, namespace)  # noqa: S102 - the export's own ten lines
+    exec(document["loader"], namespace)  # noqa: S102 - the export's own ten lines
     return [namespace["request"](document, user_input, embed)["messages"] for user_input in inputs]
