@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import traceback
 import uuid
@@ -190,10 +188,11 @@ def start_run(config: RunConfig | dict, background: bool = False,
     config = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
     run_id = create_run(config)
     if background:
-        # A child process: a crash or a kill of the run never takes the API down, and cancel is cooperative.
-        log = open(os.path.join(os.path.dirname(_status_path(run_id)), "run.log"), "ab")
-        subprocess.Popen([sys.executable, "-m", "foster.ui.cli", "resume", run_id, "--quiet"], stdout=log, stderr=log,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
+        # Only enqueued: a worker executes it (`foster worker`, or the one `foster serve` runs in a thread
+        # when nothing is configured), and another worker resumes it if that one dies.
+        from foster.store import queue
+
+        queue.enqueue(run_id, config.model_dump())
     else:
         execute(run_id, on_event)
     return run_id
@@ -235,9 +234,3 @@ def cancel_run(run_id: str) -> str:
                 leases.release(run_id, owner)
             return "cancelled"
     return status.status if status else "cancelled"
-
-
-def _status_path(run_id: str) -> str:
-    from foster.store.runs import RunRegistry
-
-    return str(RunRegistry().run_dir(run_id) / "status.json")

@@ -14,10 +14,17 @@ def checkpointer(home: Path | None = None):
         except ImportError as e:  # optional scale-out dependency
             raise RuntimeError("FOSTER_POSTGRES_URL is set but langgraph-checkpoint-postgres is not installed") from e
         import psycopg
+        from psycopg.rows import dict_row
 
-        conn = psycopg.connect(url, autocommit=True)
+        # the settings PostgresSaver needs: autocommit, dict rows, no server-side prepared statements
+        conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
         saver = PostgresSaver(conn)
-        saver.setup()
+        # several workers starting at once would race on the migrations: one at a time
+        conn.execute("SELECT pg_advisory_lock(727151)")
+        try:
+            saver.setup()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(727151)")
         return saver
     from foster.store.paths import foster_home
     from langgraph.checkpoint.sqlite import SqliteSaver

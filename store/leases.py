@@ -9,6 +9,9 @@
 The read-check-write of acquire/renew/release happens under an flock on `lease.lock`, so two
 processes racing for a run cannot both win. A lease names its pid and host: a killed owner on
 this host is seen as stale at once, one on another host when its ttl runs out.
+
+With FOSTER_POSTGRES_URL set, the same leases live in PostgreSQL (store/pg.py) instead, so workers
+on several machines share them; the operations and their meaning are the same.
 """
 from __future__ import annotations
 
@@ -99,13 +102,26 @@ def is_stale(lease: Lease, now: float | None = None) -> bool:
     return lease.host == socket.gethostname() and not _pid_alive(lease.pid)
 
 
+def _pg():
+    """store.pg when FOSTER_POSTGRES_URL is set (leases shared by every machine), else None."""
+    from foster.store import pg
+
+    return pg if pg.url() else None
+
+
 def holder(run_id: str) -> Lease | None:
+    if (pg := _pg()) is not None:
+        return pg.holder(run_id)
     return _read(_dir(run_id) / LEASE)
 
 
 def acquire(run_id: str, owner: str, ttl: float | None = None, *, pid: int | None = None) -> bool:
     """Take the run for `owner` unless a live lease of another owner holds it."""
     ttl = default_ttl() if ttl is None else ttl
+    if (pg := _pg()) is not None:
+        current = pg.holder(run_id)
+        stale = current.owner if current is not None and current.owner != owner and is_stale(current) else None
+        return pg.acquire(run_id, owner, ttl, socket.gethostname(), pid or os.getpid(), stale)
     with _locked(run_id) as path:
         current = _read(path)
         if current is not None and current.owner != owner and not is_stale(current):
@@ -118,6 +134,8 @@ def acquire(run_id: str, owner: str, ttl: float | None = None, *, pid: int | Non
 
 def renew(run_id: str, owner: str, ttl: float | None = None) -> bool:
     ttl = default_ttl() if ttl is None else ttl
+    if (pg := _pg()) is not None:
+        return pg.renew(run_id, owner, ttl)
     with _locked(run_id) as path:
         current = _read(path)
         if current is None or current.owner != owner:
@@ -127,6 +145,8 @@ def renew(run_id: str, owner: str, ttl: float | None = None) -> bool:
 
 
 def release(run_id: str, owner: str) -> None:
+    if (pg := _pg()) is not None:
+        return pg.release(run_id, owner)
     with _locked(run_id) as path:
         current = _read(path)
         if current is not None and current.owner == owner:

@@ -464,7 +464,16 @@ def _warm_deployments() -> None:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI):
     await anyio.to_thread.run_sync(_warm_deployments)
+    from foster.agent.worker import Worker, serve_runs_in_process
+
+    # runs POSTed here are only enqueued; with nothing configured this thread executes them, with
+    # FOSTER_POSTGRES_URL set `foster worker` processes do (FOSTER_SERVE_WORKER=1|0 overrides)
+    worker = Worker() if serve_runs_in_process() else None
+    if worker is not None:
+        worker.start_thread()
     yield
+    if worker is not None:
+        worker.stop()
 
 
 def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
