@@ -137,14 +137,14 @@ def candidates(ctx, options, weights_for: Callable[[str], Path]) -> tuple[list[t
 
 def choose(ctx, state: dict, options, progress: Callable | None = None) -> tuple[str, dict | None]:
     """(the target to train, the report's "pilot" section or None when there was nothing to choose)."""
-    from foster.agent.lora import data, node, train as trainer
+    from foster.agent.lora import data, plan, train as trainer
     from foster.agent.lora.job import job_dir
     from foster.prompts.bundle import Bundle
 
-    prelim = node.choose_target(ctx, state, options)
+    prelim = plan.choose_target(ctx, state, options)
     if options.target:
         return options.target, None
-    found, skipped = candidates(ctx, options, lambda t: node.base_weights(t, options))
+    found, skipped = candidates(ctx, options, lambda t: plan.base_weights(t, options))
     if len(found) < 2:
         return prelim, None
     path = ctx.dir / "lora" / "pilot.json"
@@ -154,7 +154,7 @@ def choose(ctx, state: dict, options, progress: Callable | None = None) -> tuple
     t0 = time.time()
     pjob = job_dir(ctx.dir, prelim)
     pjob.mkdir(parents=True, exist_ok=True)
-    pbundle = Bundle.load(node.build_bundle(ctx, state, prelim, pjob))
+    pbundle = Bundle.load(plan.build_bundle(ctx, state, prelim, pjob))
     rows, _ = data.build(ctx, state, pjob, pbundle, prelim, options,
                          progress=lambda ph, d, t, m: progress and progress(ph, d, t, m))
     task = [r for r in rows if r["source"] != "general"]
@@ -164,7 +164,7 @@ def choose(ctx, state: dict, options, progress: Callable | None = None) -> tuple
         job.mkdir(parents=True, exist_ok=True)
         if job != pjob and (pjob / "synthetic_candidates.json").exists() and not (job / "synthetic_candidates.json").exists():
             shutil.copy(pjob / "synthetic_candidates.json", job / "synthetic_candidates.json")
-        bundle = Bundle.load(node.build_bundle(ctx, state, target, job))
+        bundle = Bundle.load(plan.build_bundle(ctx, state, target, job))
         mine = [data.task_row(bundle, target, r["input"], r["output"], r["source"], r["primary"]) for r in task]
         train_rows, validation = split(mine)
         cfg = trainer.TrainConfig(steps=options.pilot_steps, seconds=float("inf"), batch_size=options.batch_size,
