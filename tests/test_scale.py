@@ -230,8 +230,8 @@ def test_api_enqueues_two_workers_execute_one_killed_mid_probe(scaled, tmp_path,
         # every answer given so far is in Chroma (the probe node commits answers in batches)
         from foster.store.vectors import VectorStore
 
-        deadline = time.monotonic() + 60
-        while len(VectorStore().get_observations(model="old-ft")) < sum(teacher.answered.values()):
+        deadline, store = time.monotonic() + 60, VectorStore()
+        while len(store.get_observations(model="old-ft")) < sum(teacher.answered.values()):
             assert time.monotonic() < deadline, "answers given were never stored"
             time.sleep(0.2)
         os.kill(workers["a"].pid, signal.SIGKILL)  # mid-probe: its teacher calls are in flight
@@ -271,3 +271,35 @@ def test_api_enqueues_two_workers_execute_one_killed_mid_probe(scaled, tmp_path,
     stored = VectorStore().get_observations(model="old-ft")
     assert len(stored) == sum(teacher.answered.values())
     assert not (tmp_path / "foster-home" / "checkpoints.sqlite").exists()
+
+
+# -- nothing configured: the embedded path ---------------------------------------------------------
+
+
+def test_embedded_default_queues_to_a_worker_thread(fake_model, tmp_path, monkeypatch):
+    """No server anywhere: start_run only enqueues (files), the worker `foster serve` runs executes it."""
+    from foster.agent import runs
+    from foster.agent.worker import Worker, serve_runs_in_process
+    from foster.store import queue
+    from foster.store.runs import RunRegistry
+
+    monkeypatch.delenv("FOSTER_POSTGRES_URL", raising=False)
+    monkeypatch.delenv("FOSTER_CHROMA_URL", raising=False)
+    monkeypatch.delenv("FOSTER_SERVE_WORKER", raising=False)
+    assert serve_runs_in_process()
+    teacher, _ = fake_model(fakes.teacher, "fake-teacher")
+    target, _ = fake_model(fakes.target, "fake-target")
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("\n".join(json.dumps({"input": x}) for x in fakes.HISTORICAL[:6]) + "\n")
+    run_id = runs.start_run({"teacher": teacher, "targets": [target], "inputs": str(inputs), "temperatures": [0.0],
+                             "synth_per_kind": 1, "max_rounds": 1, "budget_calls": 1, "lora_fallback": False,
+                             "optimizer": "foster", "run_id": "embedded"}, background=True)
+    registry = RunRegistry()
+    assert registry.get(run_id).status == "queued" and queue.pending() == [run_id]
+    seen = []
+    worker = Worker(poll_s=0.05, on_event=lambda kind, rid, detail: seen.append((kind, rid, detail)))
+    assert worker.run(exit_when_idle=True) == 1
+    assert registry.get(run_id).status == "done" and queue.pending() == []
+    assert seen == [("take", run_id, "start"), ("finished", run_id, "done")]
+    assert (tmp_path / "foster-home" / "checkpoints.sqlite").exists()  # SQLite, on-disk Chroma: no server
+    assert (tmp_path / "foster-home" / "chroma").is_dir()

@@ -226,7 +226,10 @@ def add_ui_arguments(parser) -> None:
 def run_ui(args) -> int:
     """Start `foster ui` from parsed arguments."""
     from foster.agent.gateway import Models, use_models
+    from foster.agent.worker import Worker, serve_runs_in_process
 
+    if serve_runs_in_process():  # runs started from the page are queued: execute them here, as `foster serve` does
+        Worker().start_thread()
     with use_models(Models.load(args.models) if getattr(args, "models", None) else None):
         launch_ui(args.host, args.port)
     return 0
