@@ -24,7 +24,8 @@ def answer_kind(outputs: list[str]) -> str:
     return "closed" if distinct <= max(12, 0.25 * len(outputs)) and median_words <= 5 else "free"
 
 
-def cluster(texts: list[str], seed: int) -> list[int]:
+def cluster(texts: list[str], seed: int, vectors=None) -> list[int]:
+    """KMeans over the texts' embeddings (`vectors` when the caller has them already)."""
     from sklearn.cluster import KMeans
 
     from foster.prompts.embedding import embed
@@ -32,7 +33,8 @@ def cluster(texts: list[str], seed: int) -> list[int]:
     if len(texts) < 4:
         return [0] * len(texts)
     k = min(8, max(2, len(texts) // 10))
-    return [int(x) for x in KMeans(n_clusters=k, random_state=seed, n_init=4).fit_predict(embed(texts))]
+    x = vectors if vectors is not None and len(vectors) == len(texts) else embed(texts)
+    return [int(c) for c in KMeans(n_clusters=k, random_state=seed, n_init=4).fit_predict(x)]
 
 
 def build_spec(probes: list[dict], teacher: dict[str, list[dict]], seed: int = 0) -> dict:

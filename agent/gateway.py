@@ -427,7 +427,7 @@ def map_concurrently(fn, items: list, limit: int) -> Iterator[tuple[int, object]
     the worker thread. The first exception cancels what has not started, lets the calls in flight
     finish (whatever `fn` stores as it returns stays stored) and is raised.
     """
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     if limit <= 1 or len(items) <= 1:
         for i, item in enumerate(items):
@@ -438,7 +438,7 @@ def map_concurrently(fn, items: list, limit: int) -> Iterator[tuple[int, object]
         pending = set(futures)
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield futures[f], f.result()
         finally:

@@ -215,10 +215,11 @@ def run_calls(ctx: RunContext, model: str, fn, items: list, label: str, speed: T
                 ctx.progress("probe", done, len(items), f"{label}: {done / max(now - t0, 1e-9):.1f} calls/s")
     finally:
         if done:
-            m = speed.add(model, done, time.perf_counter() - t0, limit)
+            seconds = time.perf_counter() - t0
+            speed.add(model, done, seconds, limit)
             ctx.registry.append_event(ctx.run_id, "probe", "progress",
-                                      f"{label}: {done} calls, {m.get('calls_per_s') or 0:.2f} calls/s on {model} "
-                                      f"({limit} in flight)")
+                                      f"{label}: {done} calls in {seconds:.1f} s, {done / seconds:.2f} calls/s on "
+                                      f"{model} ({limit} in flight)")
     return out
 
 
@@ -273,6 +274,19 @@ def stratified_subset(probes: list[dict], greedy: dict[str, str], clusters: dict
     return chosen
 
 
+def _stored_vectors(ctx: RunContext, probes: list[dict]):
+    """The probes' embeddings as Chroma stored them (same model): embedding a history twice is the slowest
+    part of probing it. None when any is missing, and the caller embeds."""
+    import numpy as np
+
+    try:
+        got = ctx.store.probes.get(ids=[p["id"] for p in probes], include=["embeddings"])
+        by_id = dict(zip(got["ids"], got["embeddings"]))
+        return np.asarray([by_id[p["id"]] for p in probes], dtype=np.float32)
+    except Exception:  # a store without embeddings to give back (or a probe not stored): embed again
+        return None
+
+
 def _sampled_ids(ctx: RunContext, probes: list[dict], greedy: dict[str, str], rnd: int, n_all: int) -> list[str]:
     """The probes this round samples at every temperature; chosen once and written down, so a resume
     samples the same ones."""
@@ -288,7 +302,7 @@ def _sampled_ids(ctx: RunContext, probes: list[dict], greedy: dict[str, str], rn
     if n >= len(probes):
         ids = [p["id"] for p in probes]
     else:
-        labels = cluster([p["text"] for p in probes], c.seed)
+        labels = cluster([p["text"] for p in probes], c.seed, _stored_vectors(ctx, probes))
         clusters = {p["id"]: lab for p, lab in zip(probes, labels)}
         closed = answer_kind(list(greedy.values())) == "closed"
         norm = {i: re.sub(r"\W+", " ", g).strip().lower() for i, g in greedy.items()}

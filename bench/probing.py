@@ -125,10 +125,10 @@ def worker(run_id: str, inputs: str, url: str, n: int, sampled: int, concurrency
 
     embed(["warm up"])
     ctx.store.get_observations(run_id=run_id, model=TEACHER)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     update = probe({"run_id": run_id}, SimpleNamespace(context=ctx))
-    seconds = time.perf_counter() - t0
-    Path(out).write_text(json.dumps({"seconds": seconds, "probing": update["probing"],
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    Path(out).write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "probing": update["probing"],
                                      "probes": len(update["probes"]), "stop": update["stop_reason"]}))
 
 
@@ -204,6 +204,7 @@ def run() -> dict:
                          f"{sampled}",
         "concurrent": {"seconds": round(conc["seconds"], 1), "calls": conc["calls"],
                        "calls_per_s": round(conc["calls"] / conc["seconds"], 2),
+                       "client_cpu_seconds_per_call": round(conc["cpu_seconds"] / conc["calls"], 4),
                        "per_model": conc["probing"]["calls"]},
         "sequential": {"measured_on_inputs": n_seq, "calls": seq["calls"], "seconds": round(seq["seconds"], 1),
                        "seconds_per_call": round(per_call_seq, 4),
@@ -269,7 +270,9 @@ def _markdown(r: dict) -> str:
         f"{r['sequential']['estimate_seconds_for_full_run']} | |", "",
         f"Wall time ratio to sequential: **{r['ratio_to_sequential']}** (goal ≤ 0.2; ideal 1/{r['concurrency']} = "
         f"{r['ideal_ratio']}); load average during the run {', '.join(f'{x:.1f}' for x in r['load_average'])} on "
-        f"{r['cpus']} cores.", "",
+        f"{r['cpus']} cores. The client spent {r['concurrent']['client_cpu_seconds_per_call']} CPU s per call "
+        f"(litellm, the store's embedding, clustering): with that CPU shared by the load, it and not the "
+        f"teacher's latency bounds the rate.", "",
         f"kill -9 after {k['killed_after_answers']} answers ({k['stored_before_resume']} stored), then resume: "
         f"{k['distinct_keys']} distinct (input, temperature, sample) keys of {k['expected_keys']} expected, "
         f"{k['asked_twice_after_being_stored']} asked again after being stored, {k['in_flight_at_kill_reasked']} "
