@@ -12,7 +12,6 @@ import html
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -347,45 +346,13 @@ def diff_html(path_a: str | None, path_b: str | None) -> str:
 
 
 def calibration_frame(run_id: str | None, max_answers: int = 8, max_columns: int = 5):
-    """Answer distributions aggregated over held-out probes: the teacher's (sampled), each column's
-    sampled distribution where evaluation sampled it, else its greedy answers; columns: source, answer, p."""
+    """The calibration plot's data (agent/analysis.py calibration) as a frame: source, answer, p."""
     import pandas as pd
 
+    from foster.agent.analysis import calibration
+
     grid = load_grid(run_id)
-    rows, columns = grid.get("rows") or [], grid.get("columns") or []
-    if not rows:
-        return pd.DataFrame({"source": [], "answer": [], "p": []})
-    sources: dict[str, dict[str, float]] = {"teacher": {}}
-    for row in rows:
-        for answer, p in ((row.get("teacher") or {}).get("dist") or {}).items():
-            sources["teacher"][answer] = sources["teacher"].get(answer, 0.0) + p / len(rows)
-    best_key = best_column(grid, run_id)
-    ordered = sorted(columns, key=lambda c: (c["key"] != best_key, c.get("variant") != "zero-shot"))[:max_columns]
-    for c in ordered:
-        sampled = [row["answers"].get(c["key"] + "::dist") for row in rows]
-        if all(isinstance(d, dict) for d in sampled):
-            label, dists = f"{c.get('variant')} (sampled)", sampled
-        else:
-            label = f"{c.get('variant')} (greedy)"
-            dists = [{str((row["answers"].get(c["key"]) or {}).get("answer", "")): 1.0} for row in rows]
-        if len({x.get("target") for x in columns}) > 1:
-            label += f" · {c.get('target')}"
-        agg: dict[str, float] = {}
-        for d in dists:
-            for answer, p in d.items():
-                agg[answer] = agg.get(answer, 0.0) + p / len(rows)
-        sources[label] = agg
-    top = sorted(sources["teacher"], key=lambda a: -sources["teacher"][a])[:max_answers]
-    records = []
-    for source, dist in sources.items():
-        other = 0.0
-        for answer, p in dist.items():
-            if answer in top:
-                records.append({"source": source, "answer": answer, "p": round(p, 4)})
-            else:
-                other += p
-        if other > 1e-9:
-            records.append({"source": source, "answer": "(other)", "p": round(other, 4)})
+    records = calibration(grid, best_column(grid, run_id), max_answers, max_columns)
     return pd.DataFrame.from_records(records, columns=["source", "answer", "p"])
 
 
@@ -406,50 +373,11 @@ def colour_legend(colours: dict[str, str]) -> str:
         f"background:{c};margin-right:4px'></span>{_esc(a)}</span>" for a, c in colours.items()) + "</p>"
 
 
-def _project(texts: list[str]):
-    """2-D PCA of the probes' embeddings (the store's MiniLM; TF-IDF when it is unavailable)."""
-    import numpy as np
-
-    try:
-        from foster.prompts.embedding import embed
-
-        vectors = embed(texts)
-    except Exception:  # the map still draws without the embedding model
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        vectors = TfidfVectorizer().fit_transform(texts).toarray()
-    vectors = np.asarray(vectors, dtype=np.float64)
-    if len(vectors) < 2:
-        return np.zeros((len(vectors), 2))
-    centred = vectors - vectors.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    coords = centred @ vt[:2].T
-    if coords.shape[1] < 2:
-        coords = np.hstack([coords, np.zeros((len(coords), 1))])
-    return coords
-
-
 def cluster_points(run_id: str | None) -> list[dict]:
-    """One point per held-out probe: PCA x/y, cluster, disagreement (share of columns not giving the
-    teacher's answer), input."""
-    grid = load_grid(run_id)
-    rows, keys = grid.get("rows") or [], [c["key"] for c in grid.get("columns") or []]
-    if not rows:
-        return []
-    coords = _project([str(r.get("input", "")) for r in rows])
-    clusters = [r.get("cluster") for r in rows]
-    if any(c is None for c in clusters):
-        from sklearn.cluster import KMeans
+    """The map's points (agent/analysis.py probe_map): x, y, characterize's cluster, disagreement, input."""
+    from foster.agent.analysis import probe_map
 
-        k = max(1, min(6, len(rows) // 4))
-        clusters = [int(c) for c in KMeans(n_clusters=k, random_state=0, n_init=4).fit_predict(coords)] if k > 1 else [0] * len(rows)
-    points = []
-    for row, (x, y), cluster in zip(rows, coords, clusters):
-        answers = [row["answers"].get(k) for k in keys if row["answers"].get(k) is not None]
-        disagreement = sum(1 for a in answers if not a.get("agree")) / len(answers) if answers else 0.0
-        points.append({"x": float(x), "y": float(y), "cluster": int(cluster), "disagreement": round(disagreement, 3),
-                       "input": str(row.get("input", ""))})
-    return points
+    return probe_map(load_grid(run_id))
 
 
 def cluster_map_svg(run_id: str | None, width: int = 640, height: int = 420) -> str:
@@ -494,49 +422,17 @@ def cluster_map_svg(run_id: str | None, width: int = 640, height: int = 420) -> 
 
 def try_rows(run_id: str | None, text: str, max_workers: int = 4) -> list[list[Any]]:
     """The teacher's answer and every grid column's answer (its bundle on its target) for `text`."""
-    run_id = _run_id(run_id)
-    from foster.agent.target import ask
-    from foster.prompts.answers import answer_key
+    from foster.agent.analysis import ask_everyone
 
+    run_id = _run_id(run_id)
     if not run_id or not (text or "").strip():
         return []
-    registry = _registry()
-    config = registry.read_json(run_id, "config.json") or {}
-    max_tokens = int(config.get("max_new_tokens") or 24)
-    columns = load_grid(run_id).get("columns") or []
-    by_id = {e.id: e for e in catalog().run_bundles(run_id)}
-    jobs: list[tuple[str, str, str, Any]] = []
-    for c in columns:
-        entry = by_id.get(c.get("bundle_id"))
-        if entry is not None:
-            jobs.append(("variant", c["target"], c.get("variant", ""), entry.path))
-    teacher = config.get("teacher")
-
-    def run(job):
-        role, model, variant, path = job
-        try:
-            if role == "teacher":
-                from foster.agent.gateway import complete
-
-                return complete(model, messages=[{"role": "user", "content": text}], temperature=0.0, max_tokens=max_tokens).text, None
-            bundle = catalog().load_path(path)
-            return ask(bundle, model, text, temperature=0.0, max_tokens=max_tokens).text, bundle
-        except Exception as exc:  # one unreachable model does not blank the table
-            return f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", None
-
-    all_jobs = ([("teacher", teacher, "teacher", None)] if teacher else []) + jobs
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        results = list(pool.map(run, all_jobs))
-    teacher_text = results[0][0] if teacher else None
-    rows = []
-    for (role, model, variant, _), (answer, bundle) in zip(all_jobs, results):
-        if role == "teacher":
-            rows.append(["teacher", model, answer, ""])
-            continue
-        contract = bundle.output_contract if bundle is not None else None
-        agree = "" if teacher_text is None or bundle is None else ("✓" if answer_key(answer, contract) == answer_key(teacher_text, contract) else "✗")
-        rows.append([variant, model, answer, agree])
-    if not teacher:
+    config = _registry().read_json(run_id, "config.json") or {}
+    paths = {e.id: e.path for e in catalog().run_bundles(run_id)}
+    answers = ask_everyone(config, load_grid(run_id).get("columns") or [], paths, text, max_workers)
+    rows = [[a["variant"], a["model"], a["answer"], "" if a["agree"] is None else ("✓" if a["agree"] else "✗")]
+            for a in answers]
+    if not config.get("teacher"):
         rows.insert(0, ["teacher", config.get("teacher_records") or config.get("train_data") or "?",
                         "(no live teacher in this run)", ""])
     return rows
