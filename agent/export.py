@@ -63,6 +63,9 @@ def bundle(state: State, runtime: Runtime[RunContext]) -> dict:
                                  for t, s in report.get("targets", {}).items()}
         best_path = str(b.save(ctx.dir / "best_bundle"))
         report["best_bundle"] = {**best, "path": best_path, "lint": b.report["lint"]}
+        from foster.prompts.export.parity import export_run
+
+        report["exports"] = export_run(b, ctx.dir)  # openai, langchain, dspy, promptfoo, each with its parity
     write_json_atomic(ctx.dir / "report.json", report)
     write_text_atomic(ctx.dir / "report.md", markdown(report))
     figures = {t: {"zero_shot": (s.get("zero_shot") or {}).get("fidelity"), "best": s["best"]["fidelity"],

@@ -85,6 +85,11 @@ def markdown(report: dict) -> str:
         from foster.agent.lora.report import lora_markdown
 
         out.append(lora_markdown(report["lora"]))
+    if report.get("exports"):  # foster.prompts.export.parity.export_run
+        out += ["## Exports", "", "| format | file | parity on held-out probes |", "|---|---|---|"]
+        out += [f"| {e['format']} | {e.get('path') or '-'} | {e['same']}/{e['n']} identical"
+                f"{'' if e['ok'] else ' — DIFFERS' + (': ' + e['error'] if e.get('error') else '')} |" for e in report["exports"]]
+        out.append("")
     out += ["## Usage", "", "| model | calls | prompt tok | completion tok | cost | seconds |", "|---|---|---|---|---|---|"]
     for m, u in (report.get("usage") or {}).items():
         out.append(f"| {m} | {u.get('calls')} | {u.get('prompt_tokens')} | {u.get('completion_tokens')} | "

@@ -170,3 +170,14 @@ def test_promptfoo_eval_against_foster_serve_matches_fidelity(run, tmp_path, fak
     assert passed / len(results) == fidelity == 0.9
     for result in results:  # what promptfoo sent is what the bundle renders
         assert json.loads(result["prompt"]["raw"]) == run["bundle"].messages(result["vars"]["input"])
+
+
+def test_export_run_lists_every_format_for_the_report(run):
+    from foster.agent.report import markdown
+    from foster.prompts.export.parity import export_run
+
+    exports = export_run(run["bundle"], run["dir"])
+    assert [(e["format"], e["n"], e["ok"]) for e in exports] == [(f, len(PROBES), True) for f in FORMATS]
+    assert all(Path(e["path"]).parent == run["dir"] / "exports" for e in exports)
+    text = markdown({"exports": exports})
+    assert "## Exports" in text and f"{len(PROBES)}/{len(PROBES)} identical" in text

@@ -67,3 +67,11 @@ def export_all(bundle: Bundle, directory: str | Path, context: ExportContext,
             result = Parity(format=fmt, n=len(inputs), same=0, ok=False, error=f"{type(exc).__name__}: {exc}")
         results.append(result)
     return results
+
+
+def export_run(bundle: Bundle, run_dir: str | Path) -> list[dict[str, Any]]:
+    """What a run's bundle node calls: every format into <run>/exports, each checked on the run's
+    held-out probes; the list goes into report.json as `exports`."""
+    from foster.prompts.export import run_context
+
+    return [result.model_dump() for result in export_all(bundle, Path(run_dir) / "exports", run_context(run_dir))]
