@@ -102,3 +102,16 @@ def test_run_endpoint_flags_become_a_one_deployment_model(tmp_path):
     models = Models.for_run(None, {"openai/old-ft": {"api_base": "http://127.0.0.1:9/v1", "api_key_env": "K"}})
     assert models.routed("openai/old-ft")
     assert models.spec("openai/old-ft").api_base == "http://127.0.0.1:9/v1"
+
+
+def test_cli_models_file_names_the_model_for_one_command(replicas, tmp_path, capsys):
+    from foster.ui.cli import main
+
+    a, b = replicas(answer=lambda body: "from a"), replicas(answer=lambda body: "from b")
+    path = tmp_path / "models.yaml"
+    path.write_text(f"models:\n  old-ft:\n    - {{model: openai/ft, api_base: '{a.url}'}}\n"
+                    f"    - {{model: openai/ft, api_base: '{b.url}'}}\n")
+    for _ in range(6):
+        assert main(["--models-file", str(path), "ask", "old-ft", "hi"]) == 0
+    assert a.calls + b.calls == 6 and set(capsys.readouterr().out.split("\n")) <= {"from a", "from b", ""}
+    assert gateway._MODELS.get() is None  # the command's models ended with it
