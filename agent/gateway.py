@@ -358,15 +358,19 @@ def complete(
     )
 
 
+RATE_LIMIT_WAIT_S = 600.0  # how long one call may wait for rpm/tpm capacity before it fails
+
+
 def _routed(router, prompt: str | None, messages: list[dict] | None, kwargs: dict, timeout: float | None):
     """One call through the Router; when every deployment is at its rpm/tpm limit, wait and ask again.
 
     The Router refuses (RateLimitError, no request sent) rather than queue; waiting here is what
-    turns a deployment's rpm into a bound on the call rate. Limits are counted per minute.
+    turns a deployment's rpm into a bound on the call rate. Limits are counted per minute, so the
+    wait is bounded by RATE_LIMIT_WAIT_S (or a longer `timeout`), not by one request's timeout.
     """
     import litellm
 
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = time.monotonic() + max(timeout or 0.0, RATE_LIMIT_WAIT_S)
     attempt = 0
     while True:
         try:
@@ -378,7 +382,7 @@ def _routed(router, prompt: str | None, messages: list[dict] | None, kwargs: dic
                 raise  # the provider's own 429, after the Router's retries
             to_next_minute = 60.0 - time.time() % 60.0 + 0.05
             delay = min(0.05 * 2 ** min(attempt, 10), to_next_minute)
-            if deadline is not None and time.monotonic() + delay > deadline:
+            if time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             attempt += 1
