@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -274,7 +275,7 @@ def semantic_calibration(teacher: list[list[str]], target: list[list[str]], thre
         gaps.append(metrics.js_divergence(t_dist, s_dist))
         agree.append(metrics.sampled_agreement(t_dist, s_dist))
         classes.append(len(t_dist))
-    method = method_name or (f"judge meaning classes" if same is not None else
+    method = method_name or ("judge meaning classes" if same is not None else
                              f"meaning classes by embedding cosine ≥ {threshold} (all-MiniLM-L6-v2)")
     return {"calibration_gap": round(metrics.mean(gaps), 4), "sampled_agreement": round(metrics.mean(agree), 4),
             "teacher_classes": round(metrics.mean(classes), 3), "n": len(gaps),
@@ -311,8 +312,8 @@ def rates_side_by_side(teacher_texts: list[str], variants: dict[str, list[str]])
 
 def markdown(section: dict) -> str:
     """Rows of a free-text comparison: {"variants": {name: panel + calibration + rates}, ...}."""
-    f = lambda d: "–" if not d else f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"  # noqa: E731
-    g = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+    f = lambda d: "–" if not d else f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+    g = lambda x: "–" if x is None else f"{x:.3f}"
     out = ["", "## Free-text fidelity", "",
            f"- structure: {section.get('structure')}",
            f"- ceilings (teacher vs itself): exact {g(section['ceiling'].get('exact'))}, structure "
@@ -377,7 +378,7 @@ def calibrate_free(ctx, spec: dict, held: list[dict], samples: dict[str, list[st
 
     judge = getattr(ctx.config, "judge", None)
     same = judge_same(ctx.complete, judge) if judge else None
-    threshold = float(os.environ.get("FOSTER_MEANING_THRESHOLD", 0.9))
+    threshold = float(os.environ.get("FOSTER_MEANING_THRESHOLD", "0.9"))
     t = teacher_samples(spec, held)
     s = [samples.get(p["id"]) or [] for p in held]
     cal = semantic_calibration(t, s, threshold=threshold, same=same)

@@ -92,7 +92,7 @@ def _adapter(section: dict) -> dict:
 
 def _lora(run_id: str, **options) -> dict:
     from foster.agent.lora.job import LoraOptions
-    from foster.agent.lora.node import run_lora
+    from foster.agent.runs import run_lora
 
     t0 = time.time()
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import fakes  # noqa: E402
+import fakes
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -78,7 +78,6 @@ def test_validation_rows_are_the_same_inputs_for_every_target_and_never_trained(
 def test_pilot_picks_the_target_that_learns_when_the_bundle_ties(two_bases, tmp_path, fake_model):
     """Both targets scored 0.5 with their best bundle and the stuck one is configured (and bundle-chosen)
     first; the pilot trains each for the same steps on the same rows and picks the one that learns."""
-    from foster.agent import gateway
     from foster.agent.characterize import build_spec
     from foster.agent.config import RunConfig
     from foster.agent.context import RunContext

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import fakes  # noqa: E402
+import fakes
 
 
 def target(req) -> str:

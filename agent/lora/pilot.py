@@ -21,8 +21,8 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pydantic import BaseModel
 
@@ -62,7 +62,6 @@ def forced_scores(model, encoded: list[tuple[list[int], list[int]]], pad_id: int
     """(exact, token): rows whose every answer token is the argmax under teacher forcing, and the share
     of answer tokens that are."""
     import torch
-
     from foster.agent.lora.train import collate
 
     if not encoded:
@@ -108,7 +107,7 @@ def select(figures: list[PilotFigure], fallback: str) -> tuple[str, str]:
     ok = [f for f in figures if f.error is None]
     if not ok:
         return fallback, "no pilot finished: the bundle's target"
-    key = lambda f: (round(f.gain_per_minute, 3), round(f.token, 3), round(f.exact, 3))  # noqa: E731
+    key = lambda f: (round(f.gain_per_minute, 3), round(f.token, 3), round(f.exact, 3))
     ranked = sorted(ok, key=key, reverse=True)
     if len(ranked) > 1 and key(ranked[0]) == key(ranked[1]):
         tied = [f.target for f in ranked if key(f) == key(ranked[0])]
@@ -137,7 +136,8 @@ def candidates(ctx, options, weights_for: Callable[[str], Path]) -> tuple[list[t
 
 def choose(ctx, state: dict, options, progress: Callable | None = None) -> tuple[str, dict | None]:
     """(the target to train, the report's "pilot" section or None when there was nothing to choose)."""
-    from foster.agent.lora import data, plan, train as trainer
+    from foster.agent.lora import data, plan
+    from foster.agent.lora import train as trainer
     from foster.agent.lora.job import job_dir
     from foster.prompts.bundle import Bundle
 
