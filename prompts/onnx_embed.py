@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from foster.prompts.embedding import EMBEDDING_DIM, EMBEDDING_MODEL
 
 DIR_ENV = "FOSTER_EMBEDDING_DIR"
@@ -38,7 +37,7 @@ FILES = ("model.onnx", "tokenizer.json", "manifest.json")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 _lock = threading.Lock()
-_embedder: "OnnxEmbedder | None" = None
+_embedder: OnnxEmbedder | None = None
 
 
 class EmbeddingUnavailable(RuntimeError):
@@ -86,7 +85,7 @@ def export(directory: Path | None = None) -> Path:
             super().__init__()
             self.bert = bert
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001
+        def forward(self, input_ids, attention_mask, token_type_ids):
             return self.bert(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state

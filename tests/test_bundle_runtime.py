@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from foster.prompts.bundle import Bundle, BundleLoadError, Example, ExampleSelection, OutputContract
+from foster.prompts.bundle import (
+    Bundle,
+    BundleLoadError,
+    Example,
+    ExampleSelection,
+    OutputContract,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,8 +146,9 @@ RUNTIME_PROBE = textwrap.dedent(
 def test_fresh_venv_with_only_the_runtime_renders_a_knn_bundle(tmp_path):
     """No torch, sentence-transformers, litellm or dspy: load a knn bundle, render 100 inputs, and
     get exactly the messages foster's full install renders."""
-    from bench.bundle_runtime import make_runtime_venv
     from foster.prompts.onnx_embed import ensure_exported
+
+    from bench.bundle_runtime import make_runtime_venv
 
     bundle = _knn_bundle(k=4)
     path = bundle.save(tmp_path / "router")

@@ -14,13 +14,17 @@ import pytest
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from service_fixtures import PROBES, make_run, running_server  # noqa: E402
-
-from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract  # noqa: E402
-from foster.prompts.export import FORMATS, ExportContext, Probe, export_bundle  # noqa: E402
-from foster.prompts.export.parity import check, export_all  # noqa: E402
+from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
+from foster.prompts.export import FORMATS, ExportContext, Probe, export_bundle
+from foster.prompts.export.parity import check, export_all
+from service_fixtures import PROBES, make_run, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def records(name: str) -> list[dict]:
+    with open(ROOT / "examples/ticket_routing/data" / name, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def run_context(run_dir: Path) -> ExportContext:
@@ -28,9 +32,9 @@ def run_context(run_dir: Path) -> ExportContext:
     return ExportContext(probes=[Probe(r["input"], r["teacher"]["mode"]) for r in grid["rows"]], max_tokens=8)
 
 
-def knn_bundle() -> Bundle:
-    rows = [json.loads(line) for line in open(ROOT / "examples/ticket_routing/data/train.jsonl", encoding="utf-8")]
-    return Bundle(teacher="local/fake-teacher", targets=["local/fake-target"], name="router-knn",
+def knn_bundle(target: str = "local/fake-target") -> Bundle:
+    rows = records("train.jsonl")
+    return Bundle(teacher="local/fake-teacher", targets=[target], name="router-knn",
                   system_prompt="Route the ticket: {one label} only. {{not a variable}} {% raw %}",
                   examples=[Example(input=r["input"], output=r["output"]) for r in rows[:80]],
                   selection=ExampleSelection(kind="knn", k=4),
@@ -53,7 +57,7 @@ def test_fixed_bundle_export_parity_on_the_runs_held_out_probes(run, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_knn_bundle_export_parity(fmt):
     bundle = knn_bundle()
-    rows = [json.loads(line) for line in open(ROOT / "examples/ticket_routing/data/inputs.jsonl", encoding="utf-8")]
+    rows = records("inputs.jsonl")
     context = ExportContext(probes=[Probe(r["input"], "ACCT-LOCKOUT") for r in rows[:25]])
     result = check(bundle, fmt, export_bundle(bundle, fmt, context).text, [p.input for p in context.probes])
     assert result.ok, result.first_difference
@@ -69,10 +73,13 @@ def test_parity_fails_on_a_difference(run):
 
 def test_langchain_export_is_langchain_cores_own_classes():
     from langchain_core.example_selectors import SemanticSimilarityExampleSelector
-    from langchain_core.prompts import ChatPromptTemplate, FewShotChatMessagePromptTemplate
+    from langchain_core.prompts import (
+        ChatPromptTemplate,
+        FewShotChatMessagePromptTemplate,
+    )
 
     namespace: dict = {}
-    exec(export_bundle(knn_bundle(), "langchain").text, namespace)
+    exec(export_bundle(knn_bundle(), "langchain").text, namespace)  # noqa: S102 - the exported module
     prompt = namespace["prompt"]
     assert isinstance(prompt, ChatPromptTemplate)
     few_shot = next(m for m in prompt.messages if isinstance(m, FewShotChatMessagePromptTemplate))
@@ -117,7 +124,6 @@ def test_cli_export_writes_the_file(run, tmp_path, capsys):
 
 def test_service_export_endpoint(run, monkeypatch):
     from fastapi.testclient import TestClient
-
     from foster.ui.service import create_app
 
     monkeypatch.setenv("FOSTER_HOME", str(run["dir"].parent.parent))
@@ -130,16 +136,33 @@ def test_service_export_endpoint(run, monkeypatch):
     assert client.get("/v1/bundles/nonexistent/export", params={"format": "openai"}).status_code == 404
 
 
+def promptfoo_eval(config: Path, tmp_path: Path) -> list[dict]:
+    """`npx promptfoo eval -c config` against foster serve on loopback; promptfoo's result rows.
+    Fails on any provider error (failureReason 2); a wrong answer (1) is a result, not an error."""
+    from foster.ui.service import create_app
+
+    if shutil.which("npx") is None or shutil.which("promptfoo") is None:
+        pytest.fail("promptfoo is not installed: `make test-deps` installs it from npm")
+    with running_server(create_app(ui=False)) as url:
+        env = {**os.environ, "OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "unused-by-foster-serve",
+               "PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1",
+               "PROMPTFOO_CONFIG_DIR": str(tmp_path / "promptfoo-home")}
+        done = subprocess.run(["npx", "--no-install", "promptfoo", "eval", "-c", str(config), "-o",
+                               str(tmp_path / "out.json"), "--no-cache", "--no-progress-bar", "-j", "1"],
+                              check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert (tmp_path / "out.json").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "out.json").read_text())["results"]["results"]
+    errors = [r.get("error") for r in results if r.get("failureReason") == 2 or (r.get("response") or {}).get("error")]
+    assert not errors, errors[:3]
+    return results
+
+
 @pytest.mark.integration
 def test_promptfoo_eval_against_foster_serve_matches_fidelity(run, tmp_path, fake_model, monkeypatch):
     """`npx promptfoo eval` on the exported config, asking foster serve (which asks the fake target
     through the bundle): promptfoo's pass rate is foster's fidelity on the same probes, and the
     prompt promptfoo rendered is the bundle's messages."""
-    if shutil.which("npx") is None or shutil.which("promptfoo") is None:
-        pytest.fail("promptfoo is not installed: `make test-deps` installs it from npm")
     from service_fixtures import label_for
-
-    from foster.ui.service import create_app
 
     miss = PROBES[7][0]  # the fixture grid has the target wrong on probe 7 only: fidelity 0.9
 
@@ -151,18 +174,8 @@ def test_promptfoo_eval_against_foster_serve_matches_fidelity(run, tmp_path, fak
     monkeypatch.setenv("FOSTER_HOME", str(run["dir"].parent.parent))
     config = tmp_path / "promptfooconfig.yaml"
     config.write_text(export_bundle(run["bundle"], "promptfoo", run["context"]).text)
-    with running_server(create_app(ui=False)) as url:
-        env = {**os.environ, "OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "unused-by-foster-serve",
-               "PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1",
-               "PROMPTFOO_CONFIG_DIR": str(tmp_path / "promptfoo-home")}
-        done = subprocess.run(["npx", "--no-install", "promptfoo", "eval", "-c", str(config), "-o",
-                               str(tmp_path / "out.json"), "--no-cache", "--no-progress-bar", "-j", "1"],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert (tmp_path / "out.json").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
-    results = json.loads((tmp_path / "out.json").read_text())["results"]["results"]
-    # failureReason 1 is a failed assertion (a wrong answer), 2 an error (the provider did not answer)
-    errors = [r.get("error") for r in results if r.get("failureReason") == 2 or (r.get("response") or {}).get("error")]
-    assert len(results) == len(PROBES) and not errors, errors[:3]
+    results = promptfoo_eval(config, tmp_path)
+    assert len(results) == len(PROBES)
     passed = sum(bool(r["success"]) for r in results)
     grid = json.loads((run["dir"] / "grid.json").read_text())
     key = next(c["key"] for c in grid["columns"] if c["bundle_id"] == run["bundle"].id)
@@ -181,3 +194,28 @@ def test_export_run_lists_every_format_for_the_report(run):
     assert all(Path(e["path"]).parent == run["dir"] / "exports" for e in exports)
     text = markdown({"exports": exports})
     assert "## Exports" in text and f"{len(PROBES)}/{len(PROBES)} identical" in text
+
+
+@pytest.mark.integration
+def test_promptfoo_eval_on_the_embedded_target_matches_foster_fidelity(tmp_path):
+    """The embedded SmolLM2 behind foster serve, a knn bundle, eight probes with recorded teacher
+    answers: promptfoo's pass rate equals the fidelity foster's own path (agent.target.ask, greedy,
+    answers normalised under the contract) measures on the same probes."""
+    from foster.agent.target import ask
+    from foster.prompts.answers import answers_agree
+    from foster.store.paths import foster_home
+
+    target = "local/smollm2-135m-instruct"
+    bundle = knn_bundle(target)
+    bundle.save(foster_home() / "bundles" / bundle.id)
+    rows = records("train.jsonl")
+    context = ExportContext(probes=[Probe(r["input"], r["output"]) for r in rows[300:308]], max_tokens=8)
+    agree = [answers_agree(bundle.normalize(ask(bundle, target, p.input, temperature=0.0, max_tokens=8).texts[0]),
+                           p.expected, bundle.output_contract) for p in context.probes]
+    config = tmp_path / "promptfooconfig.yaml"
+    config.write_text(export_bundle(bundle, "promptfoo", context).text)
+    results = promptfoo_eval(config, tmp_path)
+    passed = {r["vars"]["input"]: bool(r["success"]) for r in results}
+    assert [passed[p.input] for p in context.probes] == agree  # probe by probe, not only the rate
+    for result in results:
+        assert json.loads(result["prompt"]["raw"]) == bundle.messages(result["vars"]["input"])

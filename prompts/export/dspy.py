@@ -12,10 +12,10 @@ import base64
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-
 from foster.prompts.bundle import Bundle
 from foster.prompts.export import ExportContext, header, pool
 

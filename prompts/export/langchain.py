@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pprint
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from foster.prompts.bundle import Bundle
 from foster.prompts.export import ExportContext, header, pool

@@ -9,7 +9,8 @@ vectors), insert the k nearest examples, nearest last, before the input: exactly
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from foster.prompts.bundle import Bundle
 from foster.prompts.export import ExportContext, header, pool

@@ -7,13 +7,13 @@ beside its best bundle and record the result in its report.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-from pydantic import BaseModel
+from typing import Any
 
 from foster.prompts.bundle import Bundle
 from foster.prompts.export import FORMATS, ExportContext, export_bundle, format_module
+from pydantic import BaseModel
 
 
 class Parity(BaseModel):
@@ -63,7 +63,7 @@ def export_all(bundle: Bundle, directory: str | Path, context: ExportContext,
             path.write_text(exported.text, encoding="utf-8")
             result = check(bundle, fmt, exported.text, inputs)
             result.path = str(path)
-        except Exception as exc:  # one format's tool missing must not hide the others
+        except Exception as exc:  # noqa: BLE001 - one format's tool missing must not hide the others
             result = Parity(format=fmt, n=len(inputs), same=0, ok=False, error=f"{type(exc).__name__}: {exc}")
         results.append(result)
     return results

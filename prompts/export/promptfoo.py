@@ -12,10 +12,10 @@ normalisation). No URL or key is written into the file.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import yaml
-
 from foster.prompts.bundle import Bundle
 from foster.prompts.export import ExportContext, header, pool
 
