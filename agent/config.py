@@ -178,3 +178,86 @@ class RunConfig(BaseModel):
     def sample_plan(self) -> list[tuple[float, int]]:
         """(temperature, sample_index) pairs every probe is sent with."""
         return [(t, i) for t in self.temperatures for i in range(1 if t == 0 else self.samples)]
+
+
+# -- what an API caller may give: RunConfig without endpoints or a models file, files as uploads or data-dir paths
+
+FILE_FIELDS = ("inputs", "teacher_records", "train_data", "hand_written")
+MODEL_FIELDS = ("teacher", "generator", "miner", "judge")
+_SERVER_ONLY = ("models_file", "endpoints")  # which URL a key goes to is the server's choice, never a caller's
+
+
+def _run_request_model() -> type[BaseModel]:
+    from pydantic import create_model
+
+    fields = {name: (f.annotation, f) for name, f in RunConfig.model_fields.items() if name not in _SERVER_ONLY}
+    uploads = (dict[Literal[FILE_FIELDS], str],  # type: ignore[valid-type]
+               Field(default_factory=dict, description="file contents by field (JSONL, or JSON for hand_written), "
+                     "instead of a path inside the server's data directory"))
+    model = create_model("RunRequest", __config__=ConfigDict(extra="forbid"), uploads=uploads, **fields)
+    model.__doc__ = ("A run started through the API: RunConfig's options, models named by alias (the server's "
+                     "models file) or provider string, files uploaded or named inside the server's data directory.")
+    return model
+
+
+RunRequest = _run_request_model()
+
+
+def _inside(path: str, root: Path, field: str) -> str:
+    refusal = InputError(f"{field}: only a path inside the server's data directory (FOSTER_DATA_DIR) or "
+                         f"uploaded content (uploads.{field}) is accepted")
+    try:
+        p = Path(path)
+        resolved = (p if p.is_absolute() else root / p).resolve()
+    except (ValueError, OSError):  # a NUL byte, a loop: the same refusal, so the answer says nothing about the server
+        raise refusal from None
+    if root != resolved and root not in resolved.parents:
+        raise refusal
+    return str(resolved)
+
+
+def check_api_model(name: str, field: str, aliases: set[str] = frozenset()) -> None:
+    """Refuse a model name that points at the server: a URL, or a `local/` path to weights or an adapter."""
+    if name in aliases:
+        return
+    rest = name.removeprefix("local/")
+    if "://" in name or (name.startswith("local/") and ("/" in rest or "@" in rest or rest.endswith(".gguf"))):
+        raise InputError(f"{field}: {name!r}: name a model by its alias in the server's models file or a "
+                         "provider/model string; endpoints and model files on the server are not a caller's to choose")
+
+
+def run_config_from_request(request: BaseModel) -> RunConfig:
+    """The RunConfig an API request becomes: uploads written under FOSTER_HOME/uploads (named by their hash),
+    paths confined to the data directory, the server's models file ($FOSTER_MODELS_FILE) for every endpoint."""
+    import hashlib
+
+    from foster.store.paths import data_dir, inside_home, uploads_dir
+    from foster.store.runs import write_text_atomic
+
+    values = request.model_dump(exclude_unset=True)
+    uploads = values.pop("uploads", None) or {}
+    models_file = os.environ.get("FOSTER_MODELS_FILE") or None
+    aliases: set[str] = set()
+    if models_file:
+        from foster.agent.models_file import ModelsFile
+
+        aliases = set(ModelsFile.load(models_file).models)
+    for field in MODEL_FIELDS:
+        if values.get(field):
+            check_api_model(values[field], field, aliases)
+    for i, target in enumerate(values.get("targets") or []):
+        check_api_model(target, f"targets.{i}", aliases)
+    root = data_dir()
+    for field in FILE_FIELDS:
+        if field in uploads:
+            if values.get(field):
+                raise InputError(f"{field}: give a path or uploads.{field}, not both")
+            data = uploads[field].encode("utf-8")
+            suffix = "json" if field == "hand_written" else "jsonl"
+            path = inside_home(uploads_dir() / f"{hashlib.sha256(data).hexdigest()[:24]}.{suffix}")
+            if not path.exists():
+                write_text_atomic(path, uploads[field])
+            values[field] = str(path)
+        elif values.get(field):
+            values[field] = _inside(values[field], root, field)
+    return RunConfig.model_validate({**values, "models_file": models_file})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -153,12 +154,15 @@ def model_spec(name: str, models: Models | None = None) -> Deployment:
 
 @dataclass
 class ModelUsage:
-    calls: int = 0
+    calls: int = 0  # complete() calls, answered or failed
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
     seconds: float = 0.0
-    errors: int = 0
+    errors: int = 0  # calls that failed after their retries
+    requests: int = 0  # requests sent: a retried call sends several
+    retries: int = 0
+    timeouts: int = 0  # requests that ran past the call's timeout (retried or not)
 
 
 class Ledger:
@@ -168,10 +172,14 @@ class Ledger:
         self._lock = threading.Lock()
         self._usage: dict[str, ModelUsage] = {}
 
-    def record(self, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0, cost: float = 0.0, seconds: float = 0.0, error: bool = False) -> None:
+    def record(self, model: str, *, prompt_tokens: int = 0, completion_tokens: int = 0, cost: float = 0.0, seconds: float = 0.0, error: bool = False,
+               requests: int = 1, timeouts: int = 0) -> None:
         with self._lock:
             u = self._usage.setdefault(model, ModelUsage())
             u.calls += 1
+            u.requests += requests
+            u.retries += max(0, requests - 1)
+            u.timeouts += timeouts
             u.prompt_tokens += prompt_tokens
             u.completion_tokens += completion_tokens
             u.cost += cost
@@ -179,7 +187,7 @@ class Ledger:
             u.errors += int(error)
 
     def snapshot(self) -> dict[str, dict]:
-        """{model: {calls, prompt_tokens, completion_tokens, cost, seconds, errors}}"""
+        """{model: {calls, prompt_tokens, completion_tokens, cost, seconds, errors, requests, retries, timeouts}}"""
         with self._lock:
             return {model: asdict(u) for model, u in self._usage.items()}
 
@@ -235,13 +243,52 @@ def _record(model: str, **usage) -> None:
 # Checking and calling models
 
 
+DEFAULT_TIMEOUT = 120.0  # seconds per remote request; a hung endpoint fails (and is retried) instead of stalling a run
+
+
+def default_timeout() -> float:
+    """Seconds a remote request may take ($FOSTER_TIMEOUT, default 120)."""
+    try:
+        value = float(os.environ.get("FOSTER_TIMEOUT") or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    return value if value > 0 else DEFAULT_TIMEOUT
+
+
+# Requests and timeouts of the complete() call running in this context: litellm retries inside one
+# litellm.completion(), so only its callbacks see each request. [requests, timeouts]
+_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("foster_attempts", default=None)
+
+
+def _attempt_counter():
+    from litellm.integrations.custom_logger import CustomLogger
+
+    class AttemptCounter(CustomLogger):
+        """Counts each request litellm sends (a Router's retries included), for the ledger."""
+
+        def log_pre_api_call(self, model, messages, kwargs):
+            counts = _ATTEMPTS.get()
+            if counts is not None:
+                counts[0] += 1
+
+    return AttemptCounter()
+
+
+_COUNTER = None
+
+
 def _litellm():
+    global _COUNTER
     import litellm
 
     from foster.agent.local.provider import ensure_registered
 
     litellm.suppress_debug_info = True  # no multi-line "Provider List" banners on our stdout
     ensure_registered()
+    if _COUNTER is None:
+        _COUNTER = _attempt_counter()
+    if _COUNTER not in litellm.callbacks:  # again after anything (a test) resets litellm's callback lists
+        litellm.callbacks.append(_COUNTER)
     return litellm
 
 
@@ -311,11 +358,14 @@ def complete(
         n=n,
     )
     if not routed:  # the Router retries by its own policy (on another deployment when it can)
-        kwargs["num_retries"] = 0 if local else num_retries
+        kwargs["num_retries"] = 0  # retried below, one litellm call per request, so each is counted
     if stop:
         kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
     if seed is not None:
         kwargs["seed"] = seed
+    if not local:
+        timeout = default_timeout() if timeout is None else timeout
+        kwargs["max_retries"] = 0  # the provider SDK's own retries would be invisible: litellm's num_retries retries
     if timeout is not None:
         kwargs["timeout"] = timeout
     if not local:
@@ -328,26 +378,30 @@ def complete(
             kwargs["api_key"] = key
 
     start = time.perf_counter()
+    counts = [0, 0]
+    attempts = _ATTEMPTS.set(counts)
     try:
         if routed:
             response = _routed(models.router, prompt, messages, kwargs, timeout)
-        elif prompt is not None:  # the local provider sees text_completion and sends it verbatim
-            response = litellm.text_completion(prompt=prompt, **kwargs)
         else:
-            response = litellm.completion(messages=messages, **kwargs)
+            response = _with_retries(litellm, prompt, messages, kwargs, 0 if local else num_retries, counts)
         if prompt is not None:
             texts = [c.text or "" for c in response.choices]
         else:
             texts = [c.message.content or "" for c in response.choices]
-    except Exception:
-        _record(model, seconds=time.perf_counter() - start, error=True)
+    except Exception as exc:
+        timed_out = counts[1] or int(routed and isinstance(exc, litellm.Timeout))
+        _record(model, seconds=time.perf_counter() - start, error=True, requests=max(1, counts[0]), timeouts=timed_out)
         raise
+    finally:
+        _ATTEMPTS.reset(attempts)
     latency = time.perf_counter() - start
     usage = getattr(response, "usage", None)
     prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
     completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
     cost = 0.0 if local else _cost(litellm, response)
-    _record(model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost, seconds=latency)
+    _record(model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost, seconds=latency,
+            requests=max(1, counts[0]), timeouts=counts[1])
     return Completion(
         model=model,
         texts=texts,
@@ -356,6 +410,27 @@ def complete(
         cost=cost,
         latency_s=latency,
     )
+
+
+def _with_retries(litellm, prompt: str | None, messages: list[dict] | None, kwargs: dict, retries: int, counts: list[int]):
+    """One litellm call per request, retried on what a retry can fix (timeouts, lost connections, 429, 5xx),
+    so the ledger sees every request and every timeout. counts: [requests, timeouts]."""
+    transient = (litellm.Timeout, litellm.APIConnectionError, litellm.RateLimitError, litellm.InternalServerError,
+                 litellm.ServiceUnavailableError)
+    for attempt in range(retries + 1):
+        sent = counts[0]
+        try:
+            if prompt is not None:  # the local provider sees text_completion and sends it verbatim
+                return litellm.text_completion(prompt=prompt, **kwargs)
+            return litellm.completion(messages=messages, **kwargs)
+        except transient as exc:
+            counts[1] += int(isinstance(exc, litellm.Timeout))
+            if attempt == retries:
+                raise
+            time.sleep(min(4.0, 0.25 * 2**attempt))
+        finally:
+            counts[0] = max(counts[0], sent + 1)  # the callback counted it, or we do
+    raise AssertionError("unreachable")
 
 
 RATE_LIMIT_WAIT_S = 600.0  # how long one call may wait for rpm/tpm capacity before it fails

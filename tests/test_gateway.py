@@ -87,7 +87,7 @@ def test_usage_is_counted_in_the_ledgers(fake_model):
         complete(model, [{"role": "user", "content": "a b"}], n=2)
         assert ledger() is run
     complete(model, [{"role": "user", "content": "a b"}])
-    assert run.snapshot()[model] == {"calls": 1, "prompt_tokens": 2, "completion_tokens": 6, "cost": 0.0, "seconds": pytest.approx(run.snapshot()[model]["seconds"]), "errors": 0}
+    assert run.snapshot()[model] == {"calls": 1, "prompt_tokens": 2, "completion_tokens": 6, "cost": 0.0, "seconds": pytest.approx(run.snapshot()[model]["seconds"]), "errors": 0, "requests": 1, "retries": 0, "timeouts": 0}
     process = gateway.process_ledger().snapshot()[model]
     assert process["calls"] == 2 and process["completion_tokens"] == 9
     assert ledger() is gateway.process_ledger()

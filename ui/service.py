@@ -27,7 +27,8 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response, Str
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 import foster.agent  # noqa: F401  (offline environment before litellm, chromadb or gradio load)
-from foster.agent.config import RunConfig
+from foster.agent.config import RunRequest
+from foster.store.paths import ID_PATTERN
 from foster.prompts.bundle import Bundle
 from foster.ui import openai_api
 from foster.ui.catalog import SAFE_ID, bundles_dir, catalog
@@ -45,7 +46,7 @@ from foster.ui.errors import ApiError, install_error_handlers
 TOKEN_ENV = "FOSTER_API_TOKEN"
 TERMINAL = ("done", "failed", "cancelled", "stopped")
 
-RunId = Annotated[str, Path(pattern=SAFE_ID, max_length=200, description="a run id (see GET /v1/runs)")]
+RunId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128, description="a run id (see GET /v1/runs)")]
 BundleId = Annotated[str, Path(pattern=SAFE_ID, max_length=200, description="a bundle id (see GET /v1/bundles)")]
 DeploymentName = Annotated[str, Path(pattern=NAME_PATTERN, description="a deployment name")]
 Format = Annotated[str, Query(pattern="^(json|md)$", description="json (the bundle) or md (its readable sidecar)")]
@@ -73,7 +74,10 @@ def _registry():
 
 
 def _status_or_404(run_id: str):
-    status = _registry().get(run_id)
+    try:
+        status = _registry().get(run_id)
+    except ValueError:  # the path pattern cannot say "no '..'"; the registry's id check can
+        status = None
     if status is None:
         raise ApiError(404, f"no run {run_id!r} (see GET /v1/runs)", code="run_not_found", param="run_id")
     return status
@@ -111,19 +115,22 @@ runs = APIRouter(prefix="/runs", tags=["runs"])
 
 
 @runs.post("", status_code=202, summary="Start a distillation run in the background")
-async def start_run(config: RunConfig) -> dict:
-    """The body is the CLI's options (RunConfig). Returns at once with the run id; watch
-    GET /v1/runs/{id}/events for progress."""
-    import re
+async def start_run(request: RunRequest) -> dict:  # type: ignore[valid-type]
+    """The body is the CLI's options without endpoints: models by alias (the server's models file) or
+    provider string, files as `uploads` or paths inside the server's data directory. Returns at once
+    with the run id; watch GET /v1/runs/{id}/events for progress."""
+    from pydantic import ValidationError
 
     from foster.agent import runs as agent_runs
-    from foster.agent.config import InputError
+    from foster.agent.config import InputError, run_config_from_request
+    from foster.ui.errors import validation_message
 
-    if config.run_id is not None and not re.match(SAFE_ID, config.run_id):
-        raise ApiError(422, f"invalid request: run_id: {config.run_id!r} is not a valid run id (letters, digits, . _ - :)",
-                       code="invalid_body", param="run_id")
     try:
+        config = await anyio.to_thread.run_sync(run_config_from_request, request)
         run_id = await anyio.to_thread.run_sync(lambda: agent_runs.start_run(config, background=True))
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise ApiError(422, message, code="invalid_body", param=param) from exc
     except InputError as exc:
         raise ApiError(422, f"invalid request: {exc}", code="invalid_body") from exc
     return {"run_id": run_id, "status": "queued", "events": f"/v1/runs/{run_id}/events"}
@@ -290,13 +297,26 @@ async def export_bundle(
 @bundles.post("", status_code=201, summary="Publish a bundle (saved to foster_home()/bundles/<id>.json)")
 async def publish_bundle(bundle: Bundle) -> dict:
     """The body is a bundle document (as Bundle.save writes it); it is validated, refused if it
-    carries a key or an endpoint, and becomes servable under its id."""
+    carries a key or an endpoint or targets an unknown provider, and becomes servable under its
+    content hash (any `id` in the body is ignored)."""
+    from foster.store.paths import inside_home
+
+    from foster.agent.config import InputError, check_api_model
+
+    for i, target in enumerate(bundle.targets):  # a target no provider serves would only answer 503 later
+        try:
+            check_api_model(target, f"targets.{i}")
+        except InputError as exc:
+            raise ApiError(422, f"invalid request: {exc}", code="invalid_body", param=f"targets.{i}") from exc
+        await anyio.to_thread.run_sync(_check_model, target, f"targets.{i}")
+    bundle_id = bundle.content_hash()  # never the body's id: an id names a file
     try:
-        path = await anyio.to_thread.run_sync(lambda: bundle.save(bundles_dir() / bundle.id))
+        path = await anyio.to_thread.run_sync(
+            lambda: bundle.model_copy(update={"id": bundle_id}).save(inside_home(bundles_dir() / bundle_id)))
     except ValueError as exc:  # e.g. a key assigned after validation
         raise ApiError(422, f"invalid request: {exc}", code="invalid_body") from exc
     catalog().invalidate()
-    return {"id": bundle.id, "path": str(path)}
+    return {"id": bundle_id, "path": str(path)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +333,16 @@ def _check_model(model: str, field: str) -> None:
         check_model(model)
     except UnknownModelError as exc:
         raise ApiError(422, f"invalid request: {field}: {exc}", code="invalid_body", param=field) from exc
+
+
+def _deployment_error(exc: DeploymentError) -> ApiError:
+    return ApiError(exc.status, exc.message, code=exc.code, param="name" if exc.status != 422 else "bundle_id")
+
+
+def _responses(*codes: int) -> dict:
+    described = {400: "invalid request", 404: "no such deployment or version", 409: "conflicts with the deployment's state",
+                 422: "invalid body"}
+    return {code: {"description": described[code]} for code in codes}
 
 
 @deployments.post("", status_code=201, summary="Serve a bundle under a name, optionally shadowed by the teacher",
@@ -476,6 +506,74 @@ async def _lifespan(app: FastAPI):
         worker.stop()
 
 
+# Every status a /v1 route can answer is in the schema (clients and schemathesis read it).
+_V1_RESPONSES: dict = {400: {"description": "a body that is not JSON"},
+                       401: {"description": f"missing or wrong bearer token (when {TOKEN_ENV} is set)"},
+                       413: {"description": "request body over the limit (FOSTER_MAX_BODY_BYTES / FOSTER_MAX_UPLOAD_BYTES)"},
+                       422: {"description": "invalid request"}}
+_SERVING_RESPONSES: dict = {400: {"description": "invalid request"}, 404: {"description": "no such model"},
+                            502: {"description": "the model behind the deployment failed"},
+                            503: {"description": "the model behind the deployment is not available"}}
+BODY_LIMIT = 1_000_000  # bytes: a chat request or any small body
+UPLOAD_LIMIT = 20_000_000  # bytes: a bundle, or a run with its input files uploaded
+_UPLOAD_ROUTES = {("POST", "/v1/bundles"), ("POST", "/v1/runs")}
+
+
+def _limit(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name) or default))
+    except ValueError:
+        return default
+
+
+class BodyLimit:
+    """Refuse a request body over the limit with 413 before any handler parses it (read per request from
+    FOSTER_MAX_BODY_BYTES, default 1 MB; FOSTER_MAX_UPLOAD_BYTES, default 20 MB, for bundles and runs)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        upload = (scope["method"], scope["path"].rstrip("/")) in _UPLOAD_ROUTES
+        limit = _limit("FOSTER_MAX_UPLOAD_BYTES", UPLOAD_LIMIT) if upload else _limit("FOSTER_MAX_BODY_BYTES", BODY_LIMIT)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await self._refuse(scope, receive, send, limit)
+        chunks, size = [], 0
+        while True:  # the body is read (bounded) before the app sees it, so a lying Content-Length changes nothing
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await self._refuse(scope, receive, send, limit)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send, limit: int) -> None:
+        from fastapi.responses import JSONResponse
+
+        from foster.ui.errors import error_body
+
+        response = JSONResponse(error_body(413, f"request body over {limit} bytes", "body_too_large"), status_code=413)
+        await response(scope, receive, send)
+
+
 def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
     """The service: /v1 (runs, bundles, deployments, OpenAI-compatible serving) and /ui (Gradio).
 
@@ -490,10 +588,12 @@ def create_app(*, ui: bool = True, api_token: str | None = None) -> FastAPI:
         "bundle under the retired fine-tune's name.",
     )
     install_error_handlers(app)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_token_checker(api_token))])
-    v1.include_router(openai_api.router, tags=["openai"])  # first: routes are matched in order, serving is hot
-    v1.include_router(runs)
-    v1.include_router(bundles)
+    app.add_middleware(BodyLimit)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_token_checker(api_token))], responses=_V1_RESPONSES)
+    v1.include_router(openai_api.router, tags=["openai"], responses=_SERVING_RESPONSES)  # first: routes match in order
+    v1.include_router(runs, responses={404: {"description": "no such run, or it has no such file yet"},
+                                       409: {"description": "the run already ended"}})
+    v1.include_router(bundles, responses={404: {"description": "no such bundle"}})
     v1.include_router(deployments)
     app.include_router(v1)
 
@@ -539,6 +639,8 @@ def run_serve(args) -> int:
     from foster.agent.gateway import Models, use_models
 
     models = Models.load(args.models) if getattr(args, "models", None) else None
+    if getattr(args, "models", None):  # runs started through the API take their endpoints from this file only
+        os.environ["FOSTER_MODELS_FILE"] = str(FilePath(args.models).resolve())
     if args.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):
         print(f"warning: serving on {args.host} without {TOKEN_ENV}: anyone who reaches it can start runs")
     # the server's own models: request handlers and their worker threads inherit this context
