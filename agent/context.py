@@ -66,7 +66,8 @@ class RunContext:
         out = {m: dict(u) for m, u in self.prior_usage.items()}
         for m, u in self.ledger.snapshot().items():
             agg = out.setdefault(m, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0, "seconds": 0.0})
-            for k in ("calls", "prompt_tokens", "completion_tokens", "cost", "seconds"):
+            # requests/retries/timeouts/errors: the report says what a call cost in requests, not only in answers
+            for k in ("calls", "prompt_tokens", "completion_tokens", "cost", "seconds", "requests", "retries", "timeouts", "errors"):
                 agg[k] = agg.get(k, 0) + u.get(k, 0)
         return out
 

@@ -90,9 +90,11 @@ def markdown(report: dict) -> str:
         out += [f"| {e['format']} | {e.get('path') or '-'} | {e['same']}/{e['n']} identical"
                 f"{'' if e['ok'] else ' — DIFFERS' + (': ' + e['error'] if e.get('error') else '')} |" for e in report["exports"]]
         out.append("")
-    out += ["## Usage", "", "| model | calls | prompt tok | completion tok | cost | seconds |", "|---|---|---|---|---|---|"]
+    out += ["## Usage", "", "| model | calls | requests | retries | timeouts | failed | prompt tok | completion tok | cost | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for m, u in (report.get("usage") or {}).items():
-        out.append(f"| {m} | {u.get('calls')} | {u.get('prompt_tokens')} | {u.get('completion_tokens')} | "
+        out.append(f"| {m} | {u.get('calls')} | {u.get('requests', u.get('calls'))} | {u.get('retries', 0)} | "
+                   f"{u.get('timeouts', 0)} | {u.get('errors', 0)} | {u.get('prompt_tokens')} | {u.get('completion_tokens')} | "
                    f"{_f(u.get('cost'), 4)} | {_f(u.get('seconds'), 1)} |")
     out += ["", "Node seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in (report.get("node_seconds") or {}).items())]
     if report.get("disagreements"):
