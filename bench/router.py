@@ -5,8 +5,9 @@ at most CAPACITY requests at a time (a GPU server's batch slots; beyond them req
 one replica tops out at CAPACITY / 0.3 s requests per second. The prober sends every input once,
 at temperature 0, through `foster.agent.gateway.complete` from CONCURRENCY threads (the way a
 run's teacher calls would be spread), first with a models file naming one replica, then with
-both (equal weights). Throughput ratio = (N / seconds with two) / (N / seconds with one).
-Goal: >= 1.8x.
+both (equal weights). The N inputs go in rounds of ROUND per side, the two sides alternating which
+goes first, so a load swing on a shared machine hits both alike; ratio = median over rounds of
+(inputs/s with two) / (inputs/s with one), the aggregate ratio beside it. Goal: >= 1.8x.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ N = 1000
 LATENCY_S = 0.3
 CAPACITY = 4
 CONCURRENCY = 32
+ROUND = 100
 GOAL = 1.8
 RESULTS = Path(__file__).parent / "results"
 
@@ -79,7 +81,7 @@ def _start_replica(latency_s: float, capacity: int) -> tuple[subprocess.Popen, s
     raise RuntimeError("replica did not start")
 
 
-def _probe(models, n: int, concurrency: int) -> float:
+def _probe(models, n: int, concurrency: int, start: int = 0) -> float:
     import contextvars
 
     from foster.agent.gateway import complete
@@ -90,7 +92,7 @@ def _probe(models, n: int, concurrency: int) -> float:
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        answers = list(pool.map(lambda i: contextvars.copy_context().run(one, i), range(n)))
+        answers = list(pool.map(lambda i: contextvars.copy_context().run(one, i), range(start, start + n)))
     seconds = time.perf_counter() - started
     assert answers.count("BILLING") == n, "every probe must be answered"
     return seconds
@@ -112,13 +114,23 @@ def run(n: int = N, latency_s: float = LATENCY_S, capacity: int = CAPACITY, conc
         two = Models(ModelsFile.parse({"models": {"teacher": [{"model": "openai/old-ft", "api_base": u} for u in urls]}}))
         _probe(one, 2 * concurrency, concurrency)  # warm-up: imports, clients, connections
         _probe(two, 2 * concurrency, concurrency)
-        single = _probe(one, n, concurrency)
-        double = _probe(two, n, concurrency)
+        single = double = 0.0
+        ratios = []
+        cpu_started = time.process_time()
+        for k, start in enumerate(range(0, n, ROUND)):
+            size = min(ROUND, n - start)
+            sides = [("one", one), ("two", two)] if k % 2 == 0 else [("two", two), ("one", one)]
+            took = {name: _probe(models, size, concurrency, start) for name, models in sides}
+            single, double = single + took["one"], double + took["two"]
+            ratios.append(took["one"] / took["two"])
+        cpu_ms_per_call = 1000 * (time.process_time() - cpu_started) / (2 * n)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
-    ratio = single / double
+    import statistics
+
+    ratio = statistics.median(ratios)
     ceiling = capacity / latency_s
     result = {
         "benchmark": "router",
@@ -131,13 +143,20 @@ def run(n: int = N, latency_s: float = LATENCY_S, capacity: int = CAPACITY, conc
         "one_replica": {"seconds": round(single, 2), "per_s": round(n / single, 2), "ceiling_per_s": round(ceiling, 2)},
         "two_replicas": {"seconds": round(double, 2), "per_s": round(n / double, 2), "ceiling_per_s": round(2 * ceiling, 2)},
         "ratio": round(ratio, 3),
+        "ratio_method": f"median over {len(ratios)} rounds of {ROUND} inputs per side (alternating order) of two/one inputs/s",
+        "round_ratios": [round(r, 3) for r in ratios],
+        "aggregate_ratio": round(single / double, 3),
+        "load_average_1m": round(os.getloadavg()[0], 1),
+        # the prober's own CPU per call (litellm + Router + gateway): with 2 shared cores it caps the rate
+        "client_cpu_ms_per_call": round(cpu_ms_per_call, 1),
         "goal": GOAL,
         "meets_goal": ratio >= GOAL,
     }
     print(f"{'replicas':<10}{'inputs':>8}{'seconds':>10}{'inputs/s':>10}{'ceiling/s':>11}")
     print(f"{'one':<10}{n:>8}{single:>10.2f}{n / single:>10.1f}{ceiling:>11.1f}")
     print(f"{'two':<10}{n:>8}{double:>10.2f}{n / double:>10.1f}{2 * ceiling:>11.1f}")
-    print(f"throughput ratio two/one = {ratio:.2f}x, goal >= {GOAL}x: {'ok' if ratio >= GOAL else 'BELOW GOAL'}")
+    print(f"prober CPU per call: {cpu_ms_per_call:.1f} ms (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
+    print(f"throughput ratio two/one = {ratio:.2f}x (median of {len(ratios)} rounds; aggregate {single / double:.2f}x), goal >= {GOAL}x: {'ok' if ratio >= GOAL else 'BELOW GOAL'}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"router-{dt.date.today().isoformat()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
