@@ -20,9 +20,8 @@ import json
 import random
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 from foster.agent.config import InputError, RunConfig
+from pydantic import BaseModel, Field
 
 # Live evidence replaces synthesis in a refine run unless the caller asks for both: the divergent
 # inputs are the probes worth paying for, and one round keeps the refine as cheap as the evidence.

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field
-
 from foster.store.paths import foster_home
+from pydantic import BaseModel, Field
 
 Z95 = 1.959963984540054
 DEFAULT_MIN_REQUESTS = 30
@@ -55,7 +54,7 @@ class Agreement(BaseModel):
     high: float = Field(1.0, description="95 % Wilson upper bound")
 
     @classmethod
-    def of(cls, agreements: int, requests: int) -> "Agreement":
+    def of(cls, agreements: int, requests: int) -> Agreement:
         low, high = wilson(agreements, requests)
         return cls(requests=requests, agreements=agreements, disagreements=requests - agreements,
                    rate=round(agreements / requests, 4) if requests else None, low=round(low, 4), high=round(high, 4))
@@ -135,11 +134,16 @@ def forget(deployment: str) -> None:
 
 
 def _checkpoint_values(run_id: str) -> dict:
-    """The run's last graph state (probes with clusters and splits, teacher observations), or {}."""
-    try:
-        from foster.agent.runs import run_state
+    """The run's last graph state (probes with clusters and splits), or {}.
 
-        return run_state(run_id)
+    Read from the checkpointer directly rather than through agent.runs.run_state: that builds the
+    graph, importing every node (DSPy among them), and this runs inside the serving process on the
+    first shadowed request."""
+    try:
+        from foster.store.checkpoints import checkpointer
+
+        found = checkpointer().get_tuple({"configurable": {"thread_id": run_id, "checkpoint_ns": ""}})
+        return dict((found.checkpoint or {}).get("channel_values") or {}) if found else {}
     except Exception:  # no checkpoint (a run copied from elsewhere): callers fall back to files
         return {}
 
@@ -173,7 +177,6 @@ def centroids(run_id: str) -> dict:
     if not probes:
         return {"clusters": [], "vectors": [], "examples": {}}
     import numpy as np
-
     from foster.prompts.embedding import embed
 
     vectors = embed([p["text"] for p in probes])
@@ -196,7 +199,6 @@ def assign_cluster(text: str, run_centroids: dict) -> int | None:
     if not run_centroids.get("clusters"):
         return None
     import numpy as np
-
     from foster.prompts.embedding import embed
 
     sims = np.asarray(run_centroids["vectors"]) @ embed([text])[0]

@@ -62,7 +62,12 @@ def _best_bundle_of(run: str) -> str:
 
 def _deploy_run(args) -> int:
     from foster.agent.gateway import UnknownModelError, check_model
-    from foster.ui.deployments import DeploymentError, DeploymentRequest, Shadow, warm_up  # noqa: F401
+    from foster.ui.deployments import (  # noqa: F401
+        DeploymentError,
+        DeploymentRequest,
+        Shadow,
+        warm_up,
+    )
 
     bundle_id = args.bundle or _best_bundle_of(args.run)
     for model in filter(None, [args.target, args.shadow]):

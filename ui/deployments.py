@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from foster.store.paths import foster_home
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger("foster.deployments")
 
@@ -102,7 +101,7 @@ class Deployment(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _one_version_at_least(self) -> "Deployment":
+    def _one_version_at_least(self) -> Deployment:
         # deployments.json written before versions existed: its bundle is version 1
         if not self.versions and self.target:
             self.versions = [Version(version=1, bundle_id=self.bundle_id, target=self.target,
@@ -524,7 +523,6 @@ def start_refine(name: str, *, version: int | None = None, agreeing_ratio: float
                  run_id: str | None = None, background: bool = False):
     """Create the refine run for a deployment's version (default: the served one) from its shadow
     records. With `background`, a child process executes it and adds the new version when done."""
-    import os
     import subprocess
     import sys
 

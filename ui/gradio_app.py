@@ -43,7 +43,7 @@ def create_ui():
     """Build the app (does not read any run until a page loads)."""
     import gradio as gr
 
-    from foster.ui import views
+    from foster.ui import shadow_view, views
 
     def run_dropdown(label: str = "Run") -> Any:
         return gr.Dropdown(label=label, choices=[], value=None, allow_custom_value=True, scale=3)
@@ -117,7 +117,11 @@ def create_ui():
                 with gr.Row():
                     shadow_name = gr.Dropdown(label="Deployment", choices=[], allow_custom_value=True, scale=3)
                     shadow_refresh = gr.Button("Refresh", scale=1)
-                shadow_rows = gr.Dataframe(headers=views.DIVERGENCE_HEADERS, interactive=False, wrap=True)
+                shadow_summary = gr.HTML()
+                shadow_clusters = gr.Dataframe(headers=shadow_view.CLUSTER_HEADERS, label="Agreement per input cluster "
+                                               "(the run's clusters, nearest centroid)", interactive=False, wrap=True)
+                shadow_rows = gr.Dataframe(headers=views.DIVERGENCE_HEADERS, label="Divergences (both answers)",
+                                           interactive=False, wrap=True)
 
         run_selectors = [runs_run, compare_run, diff_run, cal_run, try_run]
 
@@ -204,6 +208,12 @@ def create_ui():
 
         shadow_name.change(views.divergence_rows, shadow_name, shadow_rows, api_name="divergences")
         shadow_refresh.click(views.divergence_rows, shadow_name, shadow_rows, api_name=False)
+
+        def shadow_figures(name):
+            return shadow_view.summary_html(name), shadow_view.cluster_rows(name)
+
+        shadow_name.change(shadow_figures, shadow_name, [shadow_summary, shadow_clusters], api_name="shadow")
+        shadow_refresh.click(shadow_figures, shadow_name, [shadow_summary, shadow_clusters], api_name=False)
     return demo
 
 
