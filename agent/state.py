@@ -43,6 +43,7 @@ class ProbeSpec(TypedDict):
     entropy: float
     samples: list[str]
     cluster: int
+    sampled: bool  # in the stratified subset sampled at every temperature (else: its greedy answer only)
 
 
 class ClusterSummary(TypedDict):
@@ -65,9 +66,13 @@ class Spec(TypedDict):
     ceiling: float
     ceiling_heldout: float | None
     ceiling_method: str
+    ceiling_n: int  # probes the ceiling is measured on (the sampled ones)
+    ceiling_heldout_n: int
+    n_sampled: int
     n_probes: int
     n_heldout: int
     probe_kinds: dict[str, int]
+    probing: dict[str, Any]  # State.probing as characterize saw it
 
 
 class _VariantRequired(TypedDict):
