@@ -20,7 +20,7 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Response, Usage, response_to_events
 
-from foster.agent.optimize import ANSWER, INPUT  # the one program shape: `input -> answer`
+from foster.agent.program import ANSWER, INPUT  # the one program shape: `input -> answer`
 from foster.prompts.bundle import Bundle, Example
 
 __all__ = [

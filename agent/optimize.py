@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from foster.agent.program import ANSWER, INPUT  # the program's fields; agent.dspy_adapter renders exactly these
 from foster.prompts.answers import answers_agree, normalize_answer
 from foster.prompts.bundle import Bundle, Provenance
 
@@ -36,8 +37,6 @@ __all__ = [
     "optimizer",
     "program_to_bundle",
 ]
-
-INPUT, ANSWER = "input", "answer"  # the program's fields (agent.dspy_adapter renders exactly these)
 
 
 @dataclass
