@@ -212,7 +212,7 @@ def run_calls(ctx: RunContext, model: str, fn, items: list, label: str, speed: T
             now = time.perf_counter()
             if now - last >= 1.0 or done == len(items):
                 last = now
-                ctx.progress("probe", done, len(items), f"{label}: {done / max(now - t0, 1e-9):.1f} calls/s")
+                ctx.progress("probe", done, len(items), f"{label}: {done / max(now - t0, 1e-9):.2f} calls/s")
     finally:
         if done:
             seconds = time.perf_counter() - t0
