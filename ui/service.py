@@ -174,7 +174,7 @@ async def _tail_events(request: Request, run_id: str, after: int, follow: bool, 
     offset, index, pending = 0, 0, b""
     last_sent = time.monotonic()
     while True:
-        finished = (status := registry.get(run_id)) is None or status.status in TERMINAL
+        finished = (status := registry.get(run_id)) is None or status.status in (*TERMINAL, "interrupted")
         try:
             with open(path, "rb") as handle:
                 handle.seek(offset)
