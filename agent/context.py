@@ -10,9 +10,13 @@ import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from foster.agent.config import RunConfig
+
+if TYPE_CHECKING:  # the store and the gateway are imported when a run opens, not when a node module loads
+    from foster.agent.gateway import Ledger, Models
+    from foster.store.runs import RunRegistry
 
 # A LoRA job reports its phases (data, train, evaluate) to whoever started it: the CLI draws bars.
 Listener = Callable[[str, int, int, str], None]
@@ -28,9 +32,9 @@ class RunContext:
 
     run_id: str
     config: RunConfig
-    registry: Any  # foster.store.runs.RunRegistry (imported lazily: store is heavy to import)
-    ledger: Any  # foster.agent.gateway.Ledger: this invocation's calls
-    models: Any  # foster.agent.gateway.Models: this run's models file and endpoints (its gateway view)
+    registry: RunRegistry
+    ledger: Ledger  # this invocation's calls
+    models: Models  # this run's models file and endpoints: its view of the gateway
     prior_usage: dict = field(default_factory=dict)  # earlier invocations' usage, from the checkpoint
     listener: Listener | None = None  # LoRA phases, for a caller that shows progress
     show_bar: bool = False  # LoRA training draws its own progress bar
