@@ -77,6 +77,7 @@ class Worker:
         try:
             execute(run_id)
         except RunBusy:
+            self.on_event("busy", run_id, "taken by another worker first")
             return None  # another worker acquired it between our look and our take
         except Exception as exc:  # execute wrote status=failed and the traceback into the run's events
             self.on_event("failed", run_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
