@@ -160,14 +160,17 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
         r["interval"] = r.get("interval") or metrics.fidelity_interval(r["_scores"], _is_exact(r, scorer_exact))
     best, selection = ship_choice(results)
     zero = next((r for r in results if r["variant"] == "zero-shot"), None)
-    # sampled behaviour for the best bundle and the zero-shot baseline: calibration against the teacher
+    # sampled behaviour for the best bundle and the zero-shot baseline: calibration against the teacher, on
+    # the held-out probes the teacher was sampled on (agent/probe.py); elsewhere its "distribution" is one answer
+    held_cal = [p for p in held if spec["probes"][p["id"]].get("sampled", True)] or held
     for r in [best] + ([zero] if zero and zero is not best else []):
-        ev = evaluate_variant(ctx, cache, Bundle.load(r["path"]), target, held, sample=True)
+        ev = evaluate_variant(ctx, cache, Bundle.load(r["path"]), target, held_cal, sample=True)
+        r["calibration_n"] = len(held_cal)
         if kind == "free":  # exact strings never match across samples: calibrate by meaning classes
-            r.update(freetext.calibrate_free(ctx, spec, held, ev["samples"]))
+            r.update(freetext.calibrate_free(ctx, spec, held_cal, ev["samples"]))
             continue
         sa, js = [], []
-        for p in held:
+        for p in held_cal:
             t_dist = spec["probes"][p["id"]]["dist"]
             s_dist = _distribution_summary(kind, inventory, ev["samples"][p["id"]])
             sa.append(metrics.sampled_agreement(t_dist, s_dist))
