@@ -333,12 +333,21 @@ def test_readme_serving_block_runs_as_written(home, tmp_path):
     script = readme_block("serving").replace("8000", str(port))  # a free port instead of the README's
     env = {**os.environ, "FOSTER_HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tmp_path / "readme.log"
+    # output to a file, not a pipe: the block's background `foster serve` keeps its stdout open
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=900)
+        proc.wait(timeout=900)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the block's background `foster serve`
+        try:  # the block's background `foster serve`: its whole process group
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    out = log.read_text()
     assert proc.returncode == 0, out[-3000:]
     assert f"http://127.0.0.1:{port}/v1" in out and f"http://127.0.0.1:{port}/ui" in out and "/docs" in out
     assert "version 1 serves bundle" in out and '"ft:gpt-4o-mini:acme:router"' in out
