@@ -82,13 +82,13 @@ def test_openai_client_gets_the_bundle_rendered_answer(server, http, run, target
     assert target.requests[-1].messages == tuple(best.messages(text))  # exactly what the bundle renders
     assert target.requests[-1].temperature == 0.0
 
-    # earlier turns and a system message from the client do not change what the bundle renders
-    reply = client.chat.completions.create(model=best.id, messages=[
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
-        {"role": "user", "content": text}])
+    # the client's system message and earlier turns are kept, after the bundle's own prompt and examples
+    client_turns = [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    reply = client.chat.completions.create(model=ALIAS, messages=[*client_turns, {"role": "user", "content": text}])
     assert reply.choices[0].message.content == "BILLING"
-    assert target.requests[-1].messages == tuple(best.messages(text))
+    bundle_part = [m for m in best.messages(text)][:-1]
+    assert list(target.requests[-1].messages) == [*bundle_part, *client_turns, {"role": "user", "content": text}]
 
     stream = client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": text}], stream=True)
     chunks = list(stream)
@@ -101,7 +101,7 @@ def test_openai_client_gets_the_bundle_rendered_answer(server, http, run, target
     assert target.requests[-1].messages == tuple(best.messages("where is my parcel"))
 
     models = {m.id for m in client.models.list()}
-    assert ALIAS in models and best.id in models
+    assert ALIAS in models and best.id not in models  # deployment names, never bundle hashes
 
 
 class WordStream(Backend):
@@ -190,7 +190,7 @@ def test_bearer_token_guards_every_v1_route(server, http, run, target, monkeypat
     assert client.chat.completions.create(**body).choices[0].message.content == "ACCOUNT"
 
 
-def test_bad_bodies_get_422_and_unknown_models_404(server, http, run, target):
+def test_bad_bodies_get_openai_400_and_unknown_models_404(server, http, run, target):
     import openai
 
     cases = [
@@ -202,11 +202,11 @@ def test_bad_bodies_get_422_and_unknown_models_404(server, http, run, target):
     ]
     for body, needle in cases:
         response = http.post("/v1/chat/completions", json=body)
-        assert response.status_code == 422, response.text
+        assert response.status_code == 400, response.text  # OpenAI's status on its own routes
         error = response.json()["error"]
         assert needle in error["message"] and error["type"] == "invalid_request_error"
     not_json = http.post("/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
-    assert not_json.status_code == 422
+    assert not_json.status_code == 400
 
     bad_deploy = http.post("/v1/deployments", json={"name": "x", "bundle_id": "missing"})
     assert bad_deploy.status_code == 422 and "no bundle 'missing'" in bad_deploy.json()["error"]["message"]
