@@ -195,27 +195,3 @@ def test_export_run_lists_every_format_for_the_report(run):
     text = markdown({"exports": exports})
     assert "## Exports" in text and f"{len(PROBES)}/{len(PROBES)} identical" in text
 
-
-@pytest.mark.integration
-def test_promptfoo_eval_on_the_embedded_target_matches_foster_fidelity(tmp_path):
-    """The embedded SmolLM2 behind foster serve, a knn bundle, eight probes with recorded teacher
-    answers: promptfoo's pass rate equals the fidelity foster's own path (agent.target.ask, greedy,
-    answers normalised under the contract) measures on the same probes."""
-    from foster.agent.target import ask
-    from foster.prompts.answers import answers_agree
-    from foster.store.paths import foster_home
-
-    target = "local/smollm2-135m-instruct"
-    bundle = knn_bundle(target)
-    bundle.save(foster_home() / "bundles" / bundle.id)
-    rows = records("train.jsonl")
-    context = ExportContext(probes=[Probe(r["input"], r["output"]) for r in rows[300:308]], max_tokens=8)
-    agree = [answers_agree(bundle.normalize(ask(bundle, target, p.input, temperature=0.0, max_tokens=8).texts[0]),
-                           p.expected, bundle.output_contract) for p in context.probes]
-    config = tmp_path / "promptfooconfig.yaml"
-    config.write_text(export_bundle(bundle, "promptfoo", context).text)
-    results = promptfoo_eval(config, tmp_path)
-    passed = {r["vars"]["input"]: bool(r["success"]) for r in results}
-    assert [passed[p.input] for p in context.probes] == agree  # probe by probe, not only the rate
-    for result in results:
-        assert json.loads(result["prompt"]["raw"]) == bundle.messages(result["vars"]["input"])
