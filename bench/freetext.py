@@ -91,11 +91,11 @@ def _adapter(section: dict) -> dict:
 
 
 def _lora(run_id: str, **options) -> dict:
-    from foster.agent.lora.job import LoraOptions
-    from foster.agent.runs import run_lora
-
     t0 = time.time()
-    try:
+    try:  # the imports too: a failing adapter stage never loses the figures measured before it
+        from foster.agent.lora.job import LoraOptions
+        from foster.agent.runs import run_lora
+
         section = run_lora(run_id, LoraOptions(**options), show_bar=False)
     except Exception as e:  # one failing adapter does not hide the others
         traceback.print_exc()
