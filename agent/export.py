@@ -1,7 +1,6 @@
 """bundle (node): attach the report to the best bundle and write the run's final artifacts."""
 from __future__ import annotations
 
-import shutil
 import time
 
 from langgraph.runtime import Runtime
@@ -13,7 +12,6 @@ from foster.agent.state import State
 
 def relabel_disagreements(state: dict) -> list[dict]:
     """Re-label path: where the target (through the best bundle) and the corpus's gold labels differ."""
-    ev = state.get("evaluation") or {}
     best = state.get("best") or {}
     key = f"{best.get('target')}::{best.get('variant')}"
     out = []

@@ -18,7 +18,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from foster.prompts import templates
 from foster.prompts.answers import answer_key, answers_agree, normalize_answer
-from foster.prompts.embedding import EMBEDDING_DIM, EMBEDDING_MODEL
+from foster.prompts.embedding import EMBEDDING_MODEL
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -81,7 +81,7 @@ class PoolVectors(BaseModel):
     data: str
 
     @model_validator(mode="after")
-    def _check_size(self) -> "PoolVectors":
+    def _check_size(self) -> PoolVectors:
         try:
             raw = base64.b64decode(self.data, validate=True)
         except ValueError as exc:
@@ -91,7 +91,7 @@ class PoolVectors(BaseModel):
         return self
 
     @classmethod
-    def from_array(cls, vectors: np.ndarray, texts: list[str], model: str = EMBEDDING_MODEL) -> "PoolVectors":
+    def from_array(cls, vectors: np.ndarray, texts: list[str], model: str = EMBEDDING_MODEL) -> PoolVectors:
         rows = np.ascontiguousarray(vectors, dtype="<f2")
         return cls(model=model, dim=int(rows.shape[1]), count=int(rows.shape[0]), inputs_hash=inputs_hash(texts),
                    data=base64.b64encode(rows.tobytes()).decode("ascii"))
@@ -167,7 +167,7 @@ class Provenance(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     foster_version: str = Field(default_factory=_foster_version)
     library_versions: dict[str, str] = Field(default_factory=_library_versions)
     data_hashes: dict[str, str] = Field(default_factory=dict)
@@ -179,7 +179,7 @@ class Provenance(BaseModel):
     @classmethod
     def collect(
         cls, run_id: str | None = None, data_hashes: dict[str, str] | None = None, notes: str = ""
-    ) -> "Provenance":
+    ) -> Provenance:
         """Provenance for now, with the installed library versions filled in."""
         return cls(run_id=run_id, data_hashes=dict(data_hashes or {}), notes=notes)
 
@@ -313,7 +313,7 @@ class Bundle(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "Bundle":
+    def _check(self) -> Bundle:
         if not self.targets:
             raise ValueError("a bundle names at least one target model")
         if self.selection.kind == "knn" and self.selection.embedding_model != EMBEDDING_MODEL:
@@ -371,7 +371,7 @@ class Bundle(BaseModel):
                 self._example_vectors_key = key
             return self._example_vectors
 
-    def attach_vectors(self) -> "Bundle":
+    def attach_vectors(self) -> Bundle:
         """Store the pool's embeddings in a knn bundle (done by `save()`); returns self."""
         if self.selection.kind == "knn" and self.examples:
             texts = [example.input for example in self.examples]
@@ -511,7 +511,7 @@ class Bundle(BaseModel):
         return json_path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Bundle":
+    def load(cls, path: str | os.PathLike[str]) -> Bundle:
         """Read a bundle from its .json file (or the stem, or the .md sidecar's name); `~` and
         relative paths work. A bad file raises BundleLoadError naming the file and the field."""
         given = Path(path).expanduser()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dspy
 import pytest
+from foster.agent.optimize import accept_proposal, beats, carve_validation, tune
 from foster.agent.dspy_adapter import BundleAdapter, gateway_lm
 from foster.agent.optimize import (
     OPTIMIZERS,
@@ -177,7 +178,6 @@ def test_gepa_on_the_embedded_135m_target():
 
 # --- foster's own tuner and the rules that keep a seed -----------------------------------------------
 
-from foster.agent.optimize import accept_proposal, beats, carve_validation, tune
 
 RULES = "Route the message.\nHow the labels are used:\n- billing: messages about \"refund\""
 POOL_ITEMS = [TrainItem(input=f"refund request number {w}", teacher_mode="billing", teacher_dist={"billing": 1.0})

@@ -79,11 +79,7 @@ def fill_response(model_response: ModelResponse, model: str, generations: list[G
     model_response.model = f"{PROVIDER}/{registry.strip_provider(model)}"
     prompt_tokens = generations[0].prompt_tokens if generations else 0
     completion_tokens = sum(g.completion_tokens for g in generations)
-    setattr(
-        model_response,
-        "usage",
-        Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens),
-    )
+    model_response.usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
     hidden = getattr(model_response, "_hidden_params", None)
     if isinstance(hidden, dict):
         hidden["additional_headers"] = {**(hidden.get("additional_headers") or {}), **_ZERO_COST_HEADERS}

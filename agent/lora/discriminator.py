@@ -25,12 +25,12 @@ class Discriminator:
         self.c, self.seed = c, seed
         self.model = None
 
-    def fit(self, real: list[str], synthetic: list[str]) -> "Discriminator":
+    def fit(self, real: list[str], synthetic: list[str]) -> Discriminator:
         from foster.prompts.embedding import embed
 
         return self.fit_vectors(embed(real), embed(synthetic))
 
-    def fit_vectors(self, real: np.ndarray, synthetic: np.ndarray) -> "Discriminator":
+    def fit_vectors(self, real: np.ndarray, synthetic: np.ndarray) -> Discriminator:
         from sklearn.linear_model import LogisticRegression
 
         x = np.vstack([real, synthetic])

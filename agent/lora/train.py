@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 TARGET_MODULES = ("v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -214,7 +214,7 @@ def evaluate() -> dict:
     print("base examples:", list(zip(base_plain[:3], base_listed[:3])))
     teacher = PeftModel.from_pretrained(model, TEACHER)
     peft_out = greedy_transformers(teacher, tokenizer, tickets)
-    peft_seconds = time.time() - t
+    print(f"peft greedy answers in {time.time() - t:.0f} s")
     result = {
         "gold_rows": len(gold),
         "base_zero_shot_accuracy": accuracy(base_plain, labels),
