@@ -269,59 +269,83 @@ def _fake_state(tmp_path, config: dict, run_id: str, options) -> dict:
             "round": 2, "history": [0.5, 0.5]}
 
 
-def test_lora_node_on_fakes(tiny_model, tmp_path, fake_model, monkeypatch):
-    """Data (teacher rows, discriminated synthetic inputs answered by the teacher, general mix), training
-    on the tiny model, evaluation like a bundle, and the report section. The trained tiny model cannot
-    route, so the served adapter is a scripted stand-in registered through the real provider."""
+@pytest.mark.integration
+def test_lora_node_serves_the_adapter_it_trained_on_the_real_base(tmp_path, fake_model, monkeypatch):
+    """Data (teacher rows, discriminated synthetic inputs answered by the teacher, general rows answered
+    by the target), a short training run on the real SmolLM2 GGUF, its conversion to adapter.gguf, and the
+    evaluation of that adapter served by llama.cpp: no stand-in model anywhere."""
     import random
 
-    from foster.agent.lora import node
+    from foster.agent import metrics
+    from foster.agent.gateway import complete
+    from foster.agent.local.registry import adapter_engine
     from foster.agent.lora.job import LoraOptions, job_dir
+    from foster.agent.target import ask, render_request
+    from foster.prompts.bundle import Bundle
     from foster.store.runs import RunRegistry
 
+    monkeypatch.setenv("FOSTER_LORA_GENERAL_PER_CATEGORY", "2")  # 6 general prompts: seconds, not minutes
     teacher, t_backend = fake_model(fakes.teacher, "fake-teacher")
 
-    def target(req):
+    def writer(req):
         text = fakes._last_user(req.messages_or_prompt)
-        if "Write one more message like these" in text:  # acting as the synthetic-input writer
+        if "Write one more message like these" in text:  # the synthetic-input writer
             return random.Random(req.seed).choice(SYNTHETIC_LIKE + SYNTHETIC_OFF)
-        if "short questions or requests" in text:  # acting as the general-instruction writer
-            topic = text.split("assistant about ")[-1].split(".")[0]
-            return "\n".join(f"{i}. {q} {topic}?" for i, q in enumerate(["What is", "Tell me about", "Explain"], 1))
-        return fakes.target(req)
+        topic = text.split("assistant about ")[-1].split(".")[0]  # the general-instruction writer
+        return "\n".join(f"{i}. {q} {topic}?" for i, q in enumerate(["What is", "Tell me about", "Explain"], 1))
 
-    tgt, _ = fake_model(target, "fake-target")
-    adapted, _ = fake_model(fakes.teacher, "fake-adapted")
-    monkeypatch.setattr(node, "adapter_model", lambda target, adapter_dir: adapted)
-    run_id = "lora-fakes"
-    state = _fake_state(tmp_path, {"teacher": teacher, "targets": [tgt]}, run_id, LoraOptions(
-        steps=3, batch_size=4, synthetic=30, mix=0.4, base_weights=str(tiny_model), checkpoint_every=2))
+    gen, _ = fake_model(writer, "fake-writer")
+    target = "local/smollm2-135m-instruct"
+    run_id = "lora-real"
+    state = _fake_state(tmp_path, {"teacher": teacher, "targets": [target], "max_new_tokens": 8}, run_id, LoraOptions(
+        steps=12, batch_size=4, lr=1e-2, synthetic=30, mix=0.3, checkpoint_every=6, generator=gen,
+        general_max_tokens=12))
     reg = RunRegistry()
 
     update = _lora(state)
     lo = update["evaluation"]["lora"]
     assert lo["status"] == "done", lo
     d = lo["data"]
-    assert d["general_fraction"] == pytest.approx(0.4, abs=0.02)
+    assert d["general_fraction"] == pytest.approx(0.3, abs=0.03)
     assert 0 < d["synthetic"]["kept"] < d["synthetic"]["unique_new"]  # the poem and the capital are dropped
-    synth = json.loads((job_dir(reg.run_dir(run_id), tgt) / "synthetic.json").read_text())
+    synth = json.loads((job_dir(reg.run_dir(run_id), target) / "synthetic.json").read_text())
     assert not any(j["kept"] for j in synth["judged"] if j["text"] in SYNTHETIC_OFF), synth["judged"]
-    assert lo["training"]["step"] == 3
+    assert lo["training"]["step"] == 12 and lo["training"]["base_weights"].endswith(".gguf")
+
+    # what was scored is the adapter this job trained, converted for llama.cpp and served from its directory
     adapter = Path(lo["adapter_dir"])
-    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
-    # the stand-in answers exactly like the teacher: fidelity 1 beats the 0.5 bundle
-    assert lo["fidelity"] == 1.0 and lo["beats_best_bundle"] and lo["ceiling"] <= 1
-    assert lo["general_capability"]["n"] == 120 and 0 <= lo["general_capability"]["agreement"] <= 1
-    assert update["best"]["adapter"] == str(adapter) and update["best"]["variant"] == "lora"
-    assert update["evaluation"]["best_artifact"]["kind"] == "bundle + adapter"
-    job = json.loads((job_dir(reg.run_dir(run_id), tgt) / "job.json").read_text())
-    assert job["status"] == "done" and job["step"] == 3
+    assert (adapter / "adapter_model.safetensors").exists() and "adapter_gguf_error" not in lo
+    assert Path(lo["adapter_gguf"]) == adapter / "adapter.gguf" and adapter_engine(adapter) == "llama.cpp"
+    assert lo["model"] == f"{target}@{adapter}"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"  # from the catalog
+    bundle = Bundle.load(lo["bundle"])
+    job = job_dir(reg.run_dir(run_id), target)
+    cached = json.loads(next(job.glob("answers-*.json")).read_text())  # the scored answers, keyed by model
+    key, hit = next((k, v) for k, v in cached.items() if k.split("|")[1] == lo["model"] and k.endswith("|0.0|0"))
+    text = next(p["text"] for p in state["probes"] if p["id"] == key.split("|")[2])
+    again = complete(lo["model"], **render_request(bundle, lo["model"], text), temperature=0, max_tokens=8)
+    assert again.texts[0] == hit["text"]  # the scored answer is what the served adapter says
+
+    # training moved the target toward the teacher: the adapter agrees more than the plain target does
+    spec = state["spec"]
+    held = [p for p in state["probes"] if p["split"] == "heldout"]
+    plain = metrics.mean(metrics.normalize(ask(bundle, target, p["text"], temperature=0, max_tokens=8).texts[0],
+                                           list(spec["inventory"]), "closed") == spec["probes"][p["id"]]["mode"]
+                         for p in held)
+    assert lo["fidelity"] > plain, (lo["fidelity"], plain)
+    assert lo["beats_best_bundle"] == (lo["fidelity"] > 0.5)
+    assert (update["best"].get("adapter") == str(adapter)) == lo["beats_best_bundle"]
+    assert 0 <= lo["general_capability"]["agreement"] <= 1 and lo["general_capability"]["n"] == 6
+
+    status = json.loads((job / "job.json").read_text())
+    assert status["status"] == "done" and status["step"] == 12
     asked = t_backend.calls
-    # a second run of the node asks the teacher nothing new: synthetic answers come from the store
+    # a second run of the node asks the teacher nothing new and trains no further: it resumes from step 12
     update2 = _lora(state)
     assert update2["evaluation"]["lora"]["status"] == "done"
     assert t_backend.calls == asked
-    assert update2["evaluation"]["lora"]["training"]["resumed_from"] == 3
+    assert update2["evaluation"]["lora"]["training"]["resumed_from"] == 12
 
 
 def test_remote_target_gets_a_validated_jsonl_and_a_tracked_job(tmp_path, fake_model, monkeypatch):
