@@ -13,7 +13,6 @@ defined here once and shown by the API, the CLI and the UI.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections import defaultdict
@@ -21,26 +20,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from foster.agent.metrics import wilson  # the one Wilson interval every fidelity uses
 from foster.store.paths import foster_home
 from pydantic import BaseModel, Field
 
-Z95 = 1.959963984540054
 DEFAULT_MIN_REQUESTS = 30
 DEFAULT_MIN_CLUSTER_REQUESTS = 10
 DEFAULT_THRESHOLD = 0.9
 
 _FILE_LOCK = threading.Lock()
 
-
-def wilson(agreements: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of agreements/n (0..1 when n is 0)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = agreements / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
 
 
 class Agreement(BaseModel):

@@ -201,7 +201,7 @@ def test_promote_under_concurrent_load_serves_exactly_one_version(server, http, 
 
 
 def test_shadow_statistics_per_cluster_and_readiness(server, http, run, target):
-    from foster.agent.shadow import wilson
+    from foster.agent.metrics import wilson
 
     # the teacher disagrees on one kind of input: SHIPPING where the target says OTHER
     teacher = ScriptedBackend(lambda request: "SHIPPING" if "gift" in _user_text(request.messages_or_prompt)
