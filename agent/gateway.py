@@ -412,6 +412,87 @@ def complete(
     )
 
 
+def stream(
+    model: str,
+    messages: list[dict] | None = None,
+    prompt: str | None = None,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_tokens: int = 64,
+    stop: list[str] | str | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+    models: Models | None = None,
+) -> Iterator[str]:
+    """`complete()`'s streaming twin (one sample): the same model resolution (a routed name goes
+    through its Router), the same checks and the same ledger, yielding text pieces as they arrive.
+
+    Usage is what the provider reports at the end of the stream; when it reports none, the text is
+    counted in the model's own tokens (local) or with tiktoken, never as one token per chunk.
+    """
+    if (messages is None) == (prompt is None):
+        raise ValueError("stream() takes exactly one of messages= or prompt=")
+    models = _models(models)
+    routed = models is not None and models.routed(model)
+    spec = model_spec(model, models)
+    check_model(model, models)
+    litellm = _litellm()
+    local = spec.model.startswith(LOCAL_PREFIX) and not routed
+    kwargs: dict = dict(model=model if routed else spec.model, temperature=temperature, top_p=top_p,
+                        max_tokens=max_tokens, stream=True)
+    if stop:
+        kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if seed is not None:
+        kwargs["seed"] = seed
+    if not local:
+        kwargs["timeout"] = default_timeout() if timeout is None else timeout
+        kwargs["drop_params"] = True
+    if not local and not routed:
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
+        if spec.key():
+            kwargs["api_key"] = spec.key()
+    caller = models.router if routed else litellm
+    start = time.perf_counter()
+    pieces: list[str] = []
+    usage = None
+    try:
+        if prompt is not None:
+            chunks = caller.text_completion(prompt=prompt, **kwargs)
+        else:
+            chunks = caller.completion(messages=messages, stream_options={"include_usage": True}, **kwargs)
+        for chunk in chunks:
+            usage = getattr(chunk, "usage", None) or usage
+            choice = chunk.choices[0] if chunk.choices else None
+            text = (getattr(choice, "text", None) if prompt is not None else getattr(choice.delta, "content", None)) if choice else None
+            if text:
+                pieces.append(text)
+                yield text
+    except Exception:
+        _record(model, seconds=time.perf_counter() - start, error=True, requests=1)
+        raise
+    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    if not completion_tokens and pieces:
+        completion_tokens = _count_text(model, "".join(pieces), models)
+    _record(model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, seconds=time.perf_counter() - start,
+            requests=1)
+
+
+def _count_text(model: str, text: str, models: Models | None) -> int:
+    """Tokens of `text`: the local model's own tokenizer when there is one, else tiktoken's o200k."""
+    try:
+        counted = count_tokens(model, text, models)
+    except Exception:  # a fake or an unloadable local model: tiktoken is a fair count
+        counted = None
+    if counted is None:
+        import tiktoken
+
+        counted = len(tiktoken.get_encoding("o200k_base").encode(text))
+    return int(counted)
+
+
 def _with_retries(litellm, prompt: str | None, messages: list[dict] | None, kwargs: dict, retries: int, counts: list[int]):
     """One litellm call per request, retried on what a retry can fix (timeouts, lost connections, 429, 5xx),
     so the ledger sees every request and every timeout. counts: [requests, timeouts]."""

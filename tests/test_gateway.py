@@ -175,3 +175,28 @@ def test_cli_models_lists_aliases(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "local/smollm2-135m-instruct" in out and "local/gemma3-270m" in out
+
+
+def test_stream_yields_pieces_and_records_reported_tokens_not_chunks():
+    """gateway.stream() is complete()'s streaming twin: same provider path, usage from the backend."""
+    from foster.agent.local.backend import Backend, Generation
+    from foster.agent.local.registry import register_backend, unregister_backend
+
+    class Words(Backend):
+        def generate(self, request):
+            return Generation(text="on it now", prompt_tokens=7, completion_tokens=11)
+
+        def stream(self, request):
+            for i, word in enumerate(["on", "it", "now"]):
+                yield Generation(text=word if i == 0 else " " + word)
+            yield Generation(text="", prompt_tokens=7, completion_tokens=11)
+
+    register_backend("words", Words())
+    try:
+        with use_ledger() as run_ledger:
+            pieces = list(gateway.stream("local/words", messages=[{"role": "user", "content": "hi"}], max_tokens=8))
+        assert "".join(pieces) == "on it now" and len(pieces) == 3
+        usage = run_ledger.snapshot()["local/words"]
+        assert usage["completion_tokens"] == 11 and usage["prompt_tokens"] == 7  # the backend's count, not 3 chunks
+    finally:
+        unregister_backend("words")

@@ -301,51 +301,11 @@ async def _complete(served: Served, request: dict, params: dict, n: int):
 
 
 def stream_texts(served: Served, request: dict, params: dict) -> Iterator[str]:
-    """Text pieces from the target as litellm streams them (one sample).
+    """Text pieces from the target as it streams them (one sample), through the gateway's one
+    `stream()`: the same model resolution, Router and ledger as evaluation's `complete()`."""
+    from foster.agent.gateway import stream
 
-    agent.gateway.complete() does not stream; this is its streaming twin: the same model spec
-    (endpoint, key), the same local provider, usage recorded in the process ledger.
-    """
-    import litellm
-
-    from foster.agent import gateway
-    from foster.agent.local.provider import ensure_registered
-
-    spec = gateway.model_spec(served.target)
-    gateway.check_model(served.target)
-    litellm.suppress_debug_info = True
-    ensure_registered()
-    local = spec.model.startswith(gateway.LOCAL_PREFIX)
-    kwargs: dict[str, Any] = {"model": spec.model, "stream": True, **params}
-    if request.get("stop"):
-        kwargs["stop"] = request["stop"]
-    if not local:
-        kwargs["drop_params"] = True
-        if spec.api_base:
-            kwargs["api_base"] = spec.api_base
-        if spec.key():
-            kwargs["api_key"] = spec.key()
-    started = time.perf_counter()
-    pieces = 0
-    try:
-        if "prompt" in request:
-            chunks = litellm.text_completion(prompt=request["prompt"], **kwargs)
-            for chunk in chunks:
-                text = chunk.choices[0].text if chunk.choices else None
-                if text:
-                    pieces += 1
-                    yield text
-        else:
-            chunks = litellm.completion(messages=request["messages"], stream_options={"include_usage": True}, **kwargs)
-            for chunk in chunks:
-                text = chunk.choices[0].delta.content if chunk.choices else None
-                if text:
-                    pieces += 1
-                    yield text
-    except Exception:
-        gateway.process_ledger().record(served.target, seconds=time.perf_counter() - started, error=True)
-        raise
-    gateway.process_ledger().record(served.target, completion_tokens=pieces, seconds=time.perf_counter() - started)
+    return stream(served.target, **request, **params)
 
 
 # ---------------------------------------------------------------------------------------------
