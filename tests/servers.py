@@ -3,7 +3,7 @@
 Both are started once per test session by the fixtures in tests/test_scale.py and stopped when
 it ends. PostgreSQL refuses to run as root, so as root the cluster is created and started as the
 `postgres` system user (Debian's package creates it; `make test-deps` installs the package).
-Anything missing is an actionable skip naming `make test-deps`, never a silent pass.
+Anything missing is an actionable failure naming `make test-deps`, never a silent pass or a skip.
 """
 
 from __future__ import annotations
