@@ -318,6 +318,41 @@ def check_model(model: str, models: Models | None = None) -> None:
             raise UnknownModelError(f"unknown model provider {provider!r} in {spec.model!r} (not a litellm provider, nor local/)") from exc
 
 
+def _request(caller: str, model: str, messages: list[dict] | None, prompt: str | None, *, models: Models | None,
+             temperature: float, top_p: float, max_tokens: int, stop: list[str] | str | None, seed: int | None,
+             timeout: float | None, api_base: str | None = None, api_key: str | None = None):
+    """What complete() and stream() share: (models, spec, routed, local, litellm kwargs) for one call.
+
+    A routed name goes through its Router; a local model is called in-process with no timeout or
+    dropped params; any other model gets its endpoint and key (explicit ones win) and a timeout.
+    """
+    if (messages is None) == (prompt is None):
+        raise ValueError(f"{caller}() takes exactly one of messages= or prompt=")
+    models = _models(models)
+    routed = models is not None and api_base is None and api_key is None and models.routed(model)
+    spec = model_spec(model, models)
+    check_model(model, models)
+    local = spec.model.startswith(LOCAL_PREFIX) and not routed
+    kwargs: dict = dict(model=model if routed else spec.model, temperature=temperature, top_p=top_p,
+                        max_tokens=max_tokens)
+    if stop:
+        kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if seed is not None:
+        kwargs["seed"] = seed
+    if not local:
+        timeout = default_timeout() if timeout is None else timeout
+        kwargs["drop_params"] = True  # e.g. a provider without `seed` still answers
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    if not local and not routed:
+        base, key = api_base or spec.api_base, api_key or spec.key()
+        if base:
+            kwargs["api_base"] = base
+        if key:
+            kwargs["api_key"] = key
+    return models, spec, routed, local, kwargs
+
+
 def complete(
     model: str,
     messages: list[dict] | None = None,
@@ -342,40 +377,16 @@ def complete(
     limits. Local models are sampled n times with seed, seed+1, ...; they are not retried (their
     failures are deterministic). `api_base` / `api_key` call `model` directly at that endpoint.
     """
-    if (messages is None) == (prompt is None):
-        raise ValueError("complete() takes exactly one of messages= or prompt=")
-    models = _models(models)
-    routed = models is not None and api_base is None and api_key is None and models.routed(model)
-    spec = model_spec(model, models)
-    check_model(model, models)
+    models, spec, routed, local, kwargs = _request("complete", model, messages, prompt, models=models, api_base=api_base,
+                                                   api_key=api_key, temperature=temperature, top_p=top_p,
+                                                   max_tokens=max_tokens, stop=stop, seed=seed, timeout=timeout)
     litellm = _litellm()
-    local = spec.model.startswith(LOCAL_PREFIX) and not routed
-    kwargs: dict = dict(
-        model=model if routed else spec.model,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        n=n,
-    )
+    kwargs["n"] = n
     if not routed:  # the Router retries by its own policy (on another deployment when it can)
         kwargs["num_retries"] = 0  # retried below, one litellm call per request, so each is counted
-    if stop:
-        kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    if seed is not None:
-        kwargs["seed"] = seed
     if not local:
-        timeout = default_timeout() if timeout is None else timeout
         kwargs["max_retries"] = 0  # the provider SDK's own retries would be invisible: litellm's num_retries retries
-    if timeout is not None:
-        kwargs["timeout"] = timeout
-    if not local:
-        kwargs["drop_params"] = True  # e.g. a provider without `seed` still answers
-    if not local and not routed:
-        base, key = api_base or spec.api_base, api_key or spec.key()
-        if base:
-            kwargs["api_base"] = base
-        if key:
-            kwargs["api_key"] = key
+    timeout = kwargs.get("timeout")
 
     start = time.perf_counter()
     counts = [0, 0]
@@ -431,28 +442,11 @@ def stream(
     Usage is what the provider reports at the end of the stream; when it reports none, the text is
     counted in the model's own tokens (local) or with tiktoken, never as one token per chunk.
     """
-    if (messages is None) == (prompt is None):
-        raise ValueError("stream() takes exactly one of messages= or prompt=")
-    models = _models(models)
-    routed = models is not None and models.routed(model)
-    spec = model_spec(model, models)
-    check_model(model, models)
+    models, spec, routed, local, kwargs = _request("stream", model, messages, prompt, models=models, temperature=temperature,
+                                                   top_p=top_p, max_tokens=max_tokens, stop=stop, seed=seed,
+                                                   timeout=timeout)
     litellm = _litellm()
-    local = spec.model.startswith(LOCAL_PREFIX) and not routed
-    kwargs: dict = dict(model=model if routed else spec.model, temperature=temperature, top_p=top_p,
-                        max_tokens=max_tokens, stream=True)
-    if stop:
-        kwargs["stop"] = [stop] if isinstance(stop, str) else list(stop)
-    if seed is not None:
-        kwargs["seed"] = seed
-    if not local:
-        kwargs["timeout"] = default_timeout() if timeout is None else timeout
-        kwargs["drop_params"] = True
-    if not local and not routed:
-        if spec.api_base:
-            kwargs["api_base"] = spec.api_base
-        if spec.key():
-            kwargs["api_key"] = spec.key()
+    kwargs["stream"] = True
     caller = models.router if routed else litellm
     start = time.perf_counter()
     pieces: list[str] = []
