@@ -25,11 +25,11 @@ from typing import Any, Literal
 
 import jinja2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from foster.prompts import templates
 from foster.prompts.answers import answer_key, answers_agree, normalize_answer
-from foster.prompts.embedding import EMBEDDING_MODEL
+from foster.prompts.embedding import EMBEDDING_MODEL, check_embedding_provider
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -107,7 +107,8 @@ class PoolVectors(BaseModel):
 class ExampleSelection(BaseModel):
     """How examples reach the prompt: all of them in order ("fixed"), or the k nearest to the
     input by embedding ("knn", DSPy KNNFewShot style), nearest last. A knn bundle names the
-    embedding it needs and, once saved, carries its pool's vectors."""
+    embedding it needs (the packaged all-MiniLM-L6-v2, or any litellm provider/model embedding)
+    and, once saved, carries its pool's vectors made with it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -115,6 +116,13 @@ class ExampleSelection(BaseModel):
     k: int = Field(default=4, ge=1)
     embedding_model: str = EMBEDDING_MODEL
     vectors: PoolVectors | None = None
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _known_embedding(cls, name: str) -> str:
+        # a bundle is untrusted input: a name only (no URL), and a provider litellm knows
+        check_embedding_provider(name)
+        return name
 
 
 class OutputContract(BaseModel):
@@ -316,11 +324,6 @@ class Bundle(BaseModel):
     def _check(self) -> Bundle:
         if not self.targets:
             raise ValueError("a bundle names at least one target model")
-        if self.selection.kind == "knn" and self.selection.embedding_model != EMBEDDING_MODEL:
-            raise ValueError(
-                f"knn selection needs embedding model {self.selection.embedding_model!r}; "
-                f"this foster embeds with {EMBEDDING_MODEL}"
-            )
         vectors = self.selection.vectors
         if vectors is not None and vectors.model != self.selection.embedding_model:
             raise ValueError(
@@ -357,28 +360,58 @@ class Bundle(BaseModel):
 
     # --- rendering --------------------------------------------------------------------------------
 
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Texts embedded with the model the bundle names (unit rows)."""
+        from foster.prompts.embedding import embedder
+
+        return embedder(self.selection.embedding_model)(texts)
+
     def _vectors(self) -> np.ndarray:
         key = tuple(example.input for example in self.examples)
+        model = self.selection.embedding_model
         with self._vectors_lock:
-            if self._example_vectors is None or self._example_vectors_key != key:
+            if self._example_vectors is None or self._example_vectors_key != (model, key):
                 stored = self.selection.vectors
-                if stored is not None and stored.count == len(key) and stored.inputs_hash == inputs_hash(key):
+                if (stored is not None and stored.model == model and stored.count == len(key)
+                        and stored.inputs_hash == inputs_hash(key)):
                     self._example_vectors = stored.array()
                 else:  # no vectors stored, or the pool was edited after they were
-                    from foster.prompts.embedding import embed
-
-                    self._example_vectors = embed(list(key))
-                self._example_vectors_key = key
+                    self._example_vectors = self._embed(list(key))
+                self._example_vectors_key = (model, key)
             return self._example_vectors
 
     def attach_vectors(self) -> Bundle:
-        """Store the pool's embeddings in a knn bundle (done by `save()`); returns self."""
+        """Store the pool's embeddings, made with the bundle's embedding model, in a knn bundle
+        (done by `save()`); returns self."""
         if self.selection.kind == "knn" and self.examples:
             texts = [example.input for example in self.examples]
+            model = self.selection.embedding_model
             stored = self.selection.vectors
-            if stored is None or stored.count != len(texts) or stored.inputs_hash != inputs_hash(texts):
-                self.selection.vectors = PoolVectors.from_array(self._vectors(), texts, self.selection.embedding_model)
+            if (stored is None or stored.model != model or stored.count != len(texts)
+                    or stored.inputs_hash != inputs_hash(texts)):
+                self.selection.vectors = PoolVectors.from_array(self._vectors(), texts, model)
         return self
+
+    def with_embedding(self, model: str) -> Bundle:
+        """A copy whose knn examples are retrieved by `model`: the packaged all-MiniLM-L6-v2 or a
+        litellm provider/model embedding (`openai/text-embedding-3-small`; its key comes from the
+        provider's environment variable). The pool is embedded with it on `save()`. Another model
+        picks other neighbours, so the copy carries no evaluation report until it is measured again."""
+        try:
+            check_embedding_provider(model)
+        except ValueError as exc:
+            raise ValueError(f"selection.embedding_model: {exc}") from None
+        data = self.model_dump()
+        if data["selection"]["embedding_model"] == model:
+            return Bundle.model_validate(data)
+        before = data["selection"]["embedding_model"]
+        data["selection"].update(embedding_model=model, vectors=None)
+        data["report"] = None
+        note = f"embedding changed from {before} to {model}; not evaluated with it"
+        data["provenance"]["notes"] = "; ".join(n for n in (data["provenance"]["notes"], note) if n)
+        if self._derived_id:
+            data["id"] = ""  # the id follows the content, which now names another embedding
+        return Bundle.model_validate(data)
 
     def select_examples(self, user_input: str) -> list[Example]:
         """The examples this input is shown: all in order (fixed), or the k nearest by embedding
@@ -386,9 +419,13 @@ class Bundle(BaseModel):
         pool order, so the choice is deterministic."""
         if self.selection.kind == "fixed" or not self.examples:
             return list(self.examples)
-        from foster.prompts.embedding import embed
-
-        similarity = self._vectors() @ embed([user_input])[0]
+        pool, query = self._vectors(), self._embed([user_input])[0]
+        if pool.shape[1] != query.shape[0]:
+            raise ValueError(
+                f"selection.vectors hold {pool.shape[1]}-dimensional rows but {self.selection.embedding_model!r} "
+                f"embeds the input in {query.shape[0]} dimensions: the pool was not embedded by this model"
+            )
+        similarity = pool @ query
         ranked = sorted(range(len(self.examples)), key=lambda i: (-float(similarity[i]), i))
         nearest = ranked[: self.selection.k]
         return [self.examples[i] for i in reversed(nearest)]

@@ -5,13 +5,21 @@ Chroma's collections, probe deduplication and a bundle's retrieved examples all 
 `embed()` runs the model through onnxruntime (foster.prompts.onnx_embed), so rendering a bundle
 never imports torch; `embed_reference()` is the sentence-transformers path the ONNX one is
 checked against.
+
+A knn bundle may instead name any litellm embedding model (`openai/text-embedding-3-small`):
+`embedder(name)` resolves a bundle's name to the function that embeds with it. litellm is imported
+only for such a name, and it takes the provider's key from the provider's usual environment
+variable: a bundle names a model, never an endpoint or a key.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +110,115 @@ def embed_reference(texts: list[str]) -> np.ndarray:
             show_progress_bar=False,
         )
     return np.asarray(vectors, dtype=np.float32)
+
+
+# --- any litellm embedding model ------------------------------------------------------------------
+
+# provider/model[/more], each part starting with a letter or digit: no scheme, no "//", no "..", so
+# no name can carry a URL (litellm reads some providers' model part as an endpoint, e.g. huggingface/https://...)
+_REMOTE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}(?:/[A-Za-z0-9][A-Za-z0-9._:@+-]*)+")
+MAX_NAME_LENGTH = 200
+REMOTE_BATCH = 96  # inputs per request: the smallest cap among the big providers (Cohere's)
+DEFAULT_TIMEOUT = 120.0  # seconds per request, as $FOSTER_TIMEOUT for the gateway's remote calls
+
+
+class EmbeddingError(RuntimeError):
+    """A remote embedding call that failed or answered something that is not one vector per text."""
+
+
+def check_embedding_model(name: Any) -> str:
+    """`name` if a bundle may carry it: the packaged all-MiniLM-L6-v2, or a litellm `provider/model`
+    string (its spelling only; `check_embedding_provider` asks litellm about the provider)."""
+    if name == EMBEDDING_MODEL:
+        return name
+    if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not _REMOTE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"{str(name)[:80]!r} is not an embedding model: {EMBEDDING_MODEL} (packaged) or a litellm "
+            f"provider/model string (letters, digits and . _ - : @ +, at most {MAX_NAME_LENGTH} characters, no URL)"
+        )
+    if name.startswith("local/"):
+        raise ValueError(
+            f"{name!r}: foster's in-process local/ provider has no embedding models; the packaged one is {EMBEDDING_MODEL}"
+        )
+    return name
+
+
+def _litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no remote cost-map fetch at import
+    import litellm
+
+    litellm.suppress_debug_info = True  # no multi-line "Provider List" banners on stdout
+    return litellm
+
+
+def check_embedding_provider(name: str) -> None:
+    """Raise ValueError unless litellm (imported here, only for a name other than the packaged
+    model) knows `name`'s provider, providers registered in litellm.custom_provider_map included."""
+    check_embedding_model(name)
+    if name == EMBEDDING_MODEL:
+        return
+    try:
+        litellm = _litellm()
+    except ImportError:
+        raise ValueError(f"{name!r} is embedded through litellm, which is not installed here "
+                         f"(`pip install litellm`, or name {EMBEDDING_MODEL})") from None
+    from litellm.utils import custom_llm_setup
+
+    custom_llm_setup()  # providers registered since litellm's last call join its provider list
+    provider = name.split("/", 1)[0]
+    try:
+        found = litellm.get_llm_provider(model=name)[1]
+    except Exception:  # litellm raises BadRequestError with a multi-line message
+        found = None
+    if found != provider:
+        raise ValueError(f"unknown embedding provider {provider!r} in {name!r} (not a litellm provider)")
+
+
+def embedder(name: str) -> Callable[[list[str]], np.ndarray]:
+    """The function embedding texts with model `name` as L2-normalised float32 rows: `embed` for
+    the packaged model, litellm.embedding for any other provider/model name."""
+    if check_embedding_model(name) == EMBEDDING_MODEL:
+        return embed
+    return functools.partial(embed_remote, name)
+
+
+def _timeout() -> float:
+    try:
+        value = float(os.environ.get("FOSTER_TIMEOUT") or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    return value if value > 0 else DEFAULT_TIMEOUT
+
+
+def _field(item: Any, key: str) -> Any:
+    return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
+
+
+def embed_remote(name: str, texts: list[str]) -> np.ndarray:
+    """Embed texts with litellm embedding model `name`: (n, dim) float32, rows L2-normalised (so a
+    dot product is a cosine, as for the packaged model). Batched; one line names the model on failure."""
+    check_embedding_model(name)
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    litellm = _litellm()
+    rows: list[Any] = []
+    for start in range(0, len(texts), REMOTE_BATCH):
+        batch = texts[start : start + REMOTE_BATCH]
+        try:
+            response = litellm.embedding(model=name, input=batch, timeout=_timeout())
+        except Exception as exc:  # litellm's messages run to many lines; the first says what failed
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise EmbeddingError(f"embedding model {name!r} failed: {type(exc).__name__}: {first}") from exc
+        data = list(response.data or [])
+        if all(isinstance(_field(item, "index"), int) for item in data):
+            data.sort(key=lambda item: _field(item, "index"))
+        rows.extend(_field(item, "embedding") for item in data)
+    try:
+        vectors = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError):
+        vectors = np.zeros((0,), dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(texts) or vectors.shape[1] == 0 or not np.isfinite(vectors).all():
+        raise EmbeddingError(f"embedding model {name!r} did not answer one finite vector per text "
+                             f"({len(texts)} texts, got shape {vectors.shape})")
+    return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)

@@ -59,3 +59,66 @@ def target(req) -> str:
     if label in context:
         return label
     return "I am not sure."
+
+
+# --- a fake litellm embedding model, registered the way a real provider plugs into litellm ---------
+
+EMBEDDING_PROVIDER = "fakeembed"
+
+
+def hashed_words(text: str, dim: int = 64) -> list[float]:
+    """A deterministic bag of words: each word adds a signed weight in [0.5, 1.5) in the slot its
+    hash picks, so texts that share words are near each other (and, as with a real model, two
+    cosines are almost never exactly equal)."""
+    import hashlib
+
+    row = [0.0] * dim
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        h = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "big")
+        weight = 0.5 + ((h >> 16) % 1000) / 1000
+        row[h % dim] += weight if (h >> 40) & 1 else -weight
+    return row
+
+
+def fake_embedding_provider():
+    """A context manager registering `fakeembed/hashed-<dim>` in litellm.custom_provider_map (a
+    CustomLLM with `embedding`/`aembedding`, as any third-party provider registers); it yields the
+    handler, whose `calls` lists the texts of each request. Unregistered on exit."""
+    import contextlib
+
+    import litellm
+    from litellm.llms.custom_llm import CustomLLM
+    from litellm.utils import custom_llm_setup
+
+    class HashedWordsEmbedding(CustomLLM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[list[str]] = []
+
+        def embedding(self, model, input, model_response, *args, **kwargs):
+            self.calls.append([str(text) for text in input])
+            dim = int(model.rsplit("-", 1)[1]) if re.fullmatch(r".*-\d+", model) else 64
+            model_response.model = model
+            model_response.data = [{"object": "embedding", "index": i, "embedding": hashed_words(str(text), dim)}
+                                   for i, text in enumerate(input)]
+            return model_response
+
+        async def aembedding(self, *args, **kwargs):
+            return self.embedding(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def registered():
+        handler = HashedWordsEmbedding()
+        litellm.custom_provider_map = [*litellm.custom_provider_map,
+                                       {"provider": EMBEDDING_PROVIDER, "custom_handler": handler}]
+        custom_llm_setup()
+        try:
+            yield handler
+        finally:
+            litellm.custom_provider_map = [item for item in litellm.custom_provider_map
+                                           if item["custom_handler"] is not handler]
+            for names in (litellm.provider_list, litellm._custom_providers):
+                while EMBEDDING_PROVIDER in names:
+                    names.remove(EMBEDDING_PROVIDER)
+
+    return registered()

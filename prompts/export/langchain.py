@@ -4,7 +4,7 @@ The system prompt is a `SystemMessage` (kept literally: braces in it are not tem
 the examples go through `FewShotChatMessagePromptTemplate`, and a knn bundle's pool through a
 `SemanticSimilarityExampleSelector` over an `InMemoryVectorStore` filled with the bundle's stored
 vectors; only the input is embedded, by `embed_query` (foster's runtime when installed, else
-sentence-transformers with the model the bundle names).
+sentence-transformers or litellm with the model the bundle names).
 """
 
 from __future__ import annotations
@@ -58,13 +58,18 @@ VECTORS = {vectors!r}  # float16 rows, base64, one per example, as stored in the
 
 def default_embed_query(text: str) -> list[float]:
     try:
-        from foster.prompts.embedding import embed
-    except ImportError:  # without foster: the same model through sentence-transformers
+        from foster.prompts.embedding import embedder
+    except ImportError:  # without foster: the same model through sentence-transformers or litellm
+        if EMBEDDING_MODEL != "all-MiniLM-L6-v2":
+            import litellm  # the provider's key from its usual environment variable
+
+            row = np.asarray(litellm.embedding(model=EMBEDDING_MODEL, input=[text]).data[0]["embedding"], "f4")
+            return (row / np.linalg.norm(row)).tolist()
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer("sentence-transformers/" + EMBEDDING_MODEL)
         return model.encode([text], normalize_embeddings=True)[0].tolist()
-    return embed([text])[0].tolist()
+    return embedder(EMBEDDING_MODEL)([text])[0].tolist()
 
 
 class PoolEmbeddings(Embeddings):

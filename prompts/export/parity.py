@@ -26,15 +26,19 @@ class Parity(BaseModel):
     error: str | None = None
 
 
-def _embed_one(text: str):
-    from foster.prompts.embedding import embed
+def _embed_one(model: str) -> Callable[[str], Any]:
+    """One text's vector by the embedding model a bundle names (what a user of the export supplies)."""
+    from foster.prompts.embedding import embedder
 
-    return embed([text])[0]
+    embed = embedder(model)
+    return lambda text: embed([text])[0]
 
 
 def check(bundle: Bundle, fmt: str, text: str, inputs: list[str],
-          embed: Callable[[str], Any] = _embed_one) -> Parity:
-    """Compare the export's messages with the bundle's on `inputs`."""
+          embed: Callable[[str], Any] | None = None) -> Parity:
+    """Compare the export's messages with the bundle's on `inputs` (an export's input is embedded
+    by `embed`, by default the bundle's own embedding model)."""
+    embed = embed or _embed_one(bundle.selection.embedding_model)
     rendered = format_module(fmt).load_messages(text, inputs, embed)
     same, first = 0, None
     for user_input, got in zip(inputs, rendered, strict=True):

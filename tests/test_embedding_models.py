@@ -1,0 +1,174 @@
+"""A knn bundle that names a litellm embedding model instead of the packaged MiniLM: its pool vectors
+are made with that model and stored, a loaded bundle embeds only the input through litellm, a bad
+name is refused at load naming the field, and the exports carry the name. The model is a fake
+registered through litellm's own custom-provider path (tests/fakes.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import fakes  # noqa: E402
+
+from foster.prompts.bundle import Bundle, BundleLoadError, Example, ExampleSelection, OutputContract  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = f"{fakes.EMBEDDING_PROVIDER}/hashed-64"
+QUERIES = ["I was charged twice for my subscription", "my password reset link never arrives",
+           "the parcel is late and tracking shows nothing", "can I change the delivery address",
+           "please close my account", "refund the duplicate payment"]
+
+
+@pytest.fixture
+def provider():
+    with fakes.fake_embedding_provider() as handler:
+        yield handler
+
+
+def _pool(n: int = 40) -> list[Example]:
+    with open(ROOT / "examples/ticket_routing/data/train.jsonl", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()][:n]
+    return [Example(input=r["input"], output=r["output"]) for r in rows]
+
+
+def _bundle(model: str = MODEL, k: int = 3, **overrides) -> Bundle:
+    pool = _pool()
+    fields = dict(teacher="local/fake-teacher", targets=["local/fake-target"], name="router-remote",
+                  system_prompt="Route the ticket. Answer with the label only.", examples=pool,
+                  selection=ExampleSelection(kind="knn", k=k, embedding_model=model),
+                  output_contract=OutputContract(format="label", answers=sorted({e.output for e in pool})))
+    fields.update(overrides)
+    return Bundle(**fields)
+
+
+def _nearest_directly(examples: list[Example], query: str, k: int) -> list[Example]:
+    """The bundle's rule computed from the fake's own vectors: k highest cosines, nearest last."""
+    rows = np.array([fakes.hashed_words(e.input) for e in examples], dtype=np.float64)
+    rows /= np.clip(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12, None)
+    q = np.array(fakes.hashed_words(query), dtype=np.float64)
+    sims = rows @ (q / max(np.linalg.norm(q), 1e-12))
+    ranked = sorted(range(len(examples)), key=lambda i: (-round(float(sims[i]), 6), i))[:k]
+    return [examples[i] for i in reversed(ranked)]
+
+
+def test_saved_bundle_stores_the_named_models_vectors_and_embeds_only_the_query_after_load(provider, tmp_path):
+    bundle = _bundle()
+    path = bundle.save(tmp_path / "router")
+    pool_texts = [e.input for e in bundle.examples]
+    assert [text for call in provider.calls for text in call] == pool_texts  # the pool, through litellm, once
+
+    document = json.loads(path.read_text())
+    vectors = document["selection"]["vectors"]
+    assert document["selection"]["embedding_model"] == vectors["model"] == MODEL
+    assert (vectors["count"], vectors["dim"]) == (len(pool_texts), 64)
+    assert f"nearest by {MODEL}" in path.with_suffix(".md").read_text()
+
+    provider.calls.clear()
+    loaded = Bundle.load(path)
+    assert loaded.id == bundle.id
+    for query in QUERIES:
+        chosen = loaded.select_examples(query)
+        assert chosen == _nearest_directly(bundle.examples, query, 3), query
+        assert loaded.messages(query)[-2 * 3 - 1:-1:2] == [{"role": "user", "content": e.input} for e in chosen]
+    # one call per render (select_examples, then messages), each with the input only: the stored pool was not embedded
+    assert provider.calls == [[query] for query in QUERIES for _ in range(2)]
+
+    fresh = _bundle()  # nothing stored: embeds its pool itself, in float32
+    assert [fresh.select_examples(q) for q in QUERIES] == [loaded.select_examples(q) for q in QUERIES]
+    # the neighbours mean something: the nearest example to a refund question is a billing one
+    assert "BILL" in loaded.select_examples("refund the duplicate payment")[-1].output
+
+
+def test_an_edited_pool_is_embedded_again_with_the_named_model(provider, tmp_path):
+    path = _bundle(k=1).save(tmp_path / "router")
+    document = json.loads(path.read_text())
+    document["examples"][5]["input"] = "zebra giraffe walrus"
+    path.write_text(json.dumps(document))
+    provider.calls.clear()
+    edited = Bundle.load(path)
+    assert edited.select_examples("walrus zebra giraffe")[0].input == "zebra giraffe walrus"
+    assert len(provider.calls[0]) == len(document["examples"])  # the stale vectors were not used
+
+
+def test_with_embedding_switches_the_model_and_remakes_the_vectors(provider, tmp_path):
+    bundle = _bundle(report={"fidelity": 0.9})
+    bundle.save(tmp_path / "a")
+    other = bundle.with_embedding(f"{fakes.EMBEDDING_PROVIDER}/hashed-32")
+    assert other.selection.embedding_model.endswith("hashed-32") and other.selection.vectors is None
+    assert other.id != bundle.id and other.report is None and "not evaluated" in other.provenance.notes
+    assert bundle.selection.embedding_model == MODEL  # the original is untouched
+    vectors = json.loads(other.save(tmp_path / "b").read_text())["selection"]["vectors"]
+    assert (vectors["model"], vectors["dim"]) == (f"{fakes.EMBEDDING_PROVIDER}/hashed-32", 32)
+    assert bundle.with_embedding(MODEL) == bundle
+    with pytest.raises(ValueError, match="embedding_model"):
+        bundle.with_embedding("https://attacker.example/v1")
+
+
+@pytest.mark.parametrize("name, says", [
+    ("nosuchprovider/embed-1", "unknown embedding provider 'nosuchprovider'"),
+    ("huggingface/https://attacker.example/embed", "not an embedding model"),
+    ("openai/../../etc", "not an embedding model"),
+    ("local/smollm2-135m-instruct", "no embedding models"),
+    ("all-MiniLM-L6-v3", "not an embedding model"),
+    ("openai/" + "x" * 300, "not an embedding model"),
+])
+def test_a_bad_embedding_model_is_refused_at_load_naming_the_file_and_field(name, says, tmp_path):
+    path = Bundle(teacher="t/t", targets=["t/x"], examples=_pool(3)).save(tmp_path / "b")
+    document = json.loads(path.read_text())
+    document["selection"].update(kind="knn", embedding_model=name)
+    path.write_text(json.dumps(document))
+    with pytest.raises(BundleLoadError) as info:
+        Bundle.load(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "selection.embedding_model" in message, message
+    assert says in message, message
+
+
+def test_an_endpoint_or_key_beside_the_model_is_refused(provider, tmp_path):
+    path = _bundle().save(tmp_path / "b")
+    document = json.loads(path.read_text())
+    document["selection"]["api_base"] = "http://attacker.example/v1"
+    path.write_text(json.dumps(document))
+    with pytest.raises(BundleLoadError, match="api_base"):
+        Bundle.load(path)
+
+
+def test_vectors_of_another_dimension_are_reported_not_multiplied(provider, tmp_path):
+    path = _bundle().save(tmp_path / "b")
+    document = json.loads(path.read_text())
+    other = f"{fakes.EMBEDDING_PROVIDER}/hashed-32"  # answers 32 numbers; the stored rows have 64
+    document["selection"]["embedding_model"] = document["selection"]["vectors"]["model"] = other
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="64-dimensional rows but .*hashed-32.* 32 dimensions"):
+        Bundle.load(path).select_examples("refund")
+
+
+@pytest.mark.parametrize("fmt", ["openai", "langchain", "dspy", "promptfoo"])
+def test_exports_carry_the_embedding_model_and_render_like_the_bundle(provider, fmt):
+    from foster.prompts.export import ExportContext, Probe, export_bundle
+    from foster.prompts.export.parity import check
+
+    bundle = _bundle(k=4)
+    context = ExportContext(probes=[Probe(q, "BILL-REFUND") for q in QUERIES])
+    text = export_bundle(bundle, fmt, context).text
+    if fmt != "promptfoo":  # promptfoo's tests carry each probe's rendered messages instead
+        assert MODEL in text
+    result = check(bundle, fmt, text, QUERIES)  # the input embedded by the bundle's own model
+    assert result.ok, result.first_difference
+
+
+def test_a_minilm_bundle_renders_without_importing_litellm(tmp_path):
+    path = _bundle(model="all-MiniLM-L6-v2").save(tmp_path / "minilm")
+    code = ("import sys\nfrom foster.prompts.bundle import Bundle\n"
+            f"Bundle.load({str(path)!r}).messages('my parcel is late')\n"
+            "assert 'litellm' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
