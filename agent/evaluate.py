@@ -12,7 +12,7 @@ from foster.agent.state import State
 from foster.agent.target import ask
 from langgraph.runtime import Runtime
 
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()  # put() flushes while holding it
 
 
 class AnswerCache:
@@ -27,7 +27,6 @@ class AnswerCache:
         return self.data.get(key)
 
     def put(self, key: str, value: dict) -> None:
-
         with _cache_lock:
             self.data[key] = value
             self.dirty += 1
@@ -37,9 +36,10 @@ class AnswerCache:
     def flush(self) -> None:
         from foster.store.runs import write_json_atomic
 
-        if self.dirty:
-            write_json_atomic(self.path, self.data)
-            self.dirty = 0
+        with _cache_lock:  # targets are evaluated in parallel threads: never dump a dict being written
+            if self.dirty:
+                write_json_atomic(self.path, self.data)
+                self.dirty = 0
 
 
 def _scorer(ctx: RunContext, kind: str):
@@ -91,23 +91,37 @@ def ship_choice(results: list[dict]) -> tuple[dict, dict]:
 
 def evaluate_variant(ctx: RunContext, cache: AnswerCache, bundle, target: str, probes: list[dict],
                      sample: bool) -> dict:
-    """Greedy answers (and, if asked, samples at the teacher's temperatures) for one bundle on one target."""
+    """Greedy answers (and, if asked, samples at the teacher's temperatures) for one bundle on one target.
+
+    Calls run concurrently up to the target's bound (8 for an endpoint, 1 for an in-process model);
+    each answer is cached the moment it returns, so a resumed evaluation asks nothing twice."""
+    from foster.agent.gateway import map_concurrently
+    from foster.agent.probe import call_limit
+
     c = ctx.config
-    greedy, latency, cost, samples = [], [], 0.0, {}
     plan = [(t, i) for t, i in c.sample_plan() if t > 0] if sample else []
-    for p in probes:
-        for t, i in [(0.0, 0)] + plan:
-            key = f"{bundle.id}|{target}|{p['id']}|{t}|{i}"
-            hit = cache.get(key)
-            if hit is None:
-                res = ask(bundle, target, p["text"], ctx.complete, temperature=t, max_tokens=c.max_new_tokens,
-                          seed=stable_seed(c.seed, "target", p["id"], t, i))
-                hit = {"text": res.texts[0], "latency_s": res.latency_s, "cost": res.cost}
-                cache.put(key, hit)
-            if t == 0:
-                greedy.append(hit["text"]); latency.append(hit["latency_s"])
-            samples.setdefault(p["id"], []).append(hit["text"])
-            cost += hit.get("cost") or 0.0
+    jobs = [(p, t, i) for p in probes for t, i in [(0.0, 0)] + plan]
+
+    def one(job):
+        p, t, i = job
+        key = f"{bundle.id}|{target}|{p['id']}|{t}|{i}"
+        hit = cache.get(key)
+        if hit is None:
+            res = ask(bundle, target, p["text"], ctx.complete, temperature=t, max_tokens=c.max_new_tokens,
+                      seed=stable_seed(c.seed, "target", p["id"], t, i))
+            hit = {"text": res.texts[0], "latency_s": res.latency_s, "cost": res.cost}
+            cache.put(key, hit)
+        return hit
+
+    hits: list = [None] * len(jobs)
+    for n, hit in map_concurrently(one, jobs, call_limit(ctx, target)):
+        hits[n] = hit
+    greedy, latency, cost, samples = [], [], 0.0, {}
+    for (p, t, _), hit in zip(jobs, hits):
+        if t == 0:
+            greedy.append(hit["text"]); latency.append(hit["latency_s"])
+        samples.setdefault(p["id"], []).append(hit["text"])
+        cost += hit.get("cost") or 0.0
     return {"greedy": greedy, "samples": samples, "latency_s": metrics.mean(latency), "cost": cost}
 
 
@@ -245,22 +259,33 @@ def copy_verdict(best: dict, copy: dict | None) -> str | None:
 
 def build_report(ctx: RunContext, state: dict, per_target: dict, method: str) -> dict:
     spec = state["spec"]
+    ceiling, ceiling_method = spec.get("ceiling_heldout") or spec["ceiling"], spec["ceiling_method"]
+    free = next((s["freetext"] for s in per_target.values() if s.get("freetext")), None)
+    if free and free.get("scores_verdict") and free["ceiling"].get(free["primary"]) is not None:
+        # the verdict reads the primary metric: so does the ceiling beside it (the embedding one stays named)
+        ceiling_method = (f"the teacher against itself under the primary metric ({free['primary']}) on the held-out "
+                          f"probes; by embedding cosine: {ceiling:.3f} ({ceiling_method})")
+        ceiling = free["ceiling"][free["primary"]]
     return {
         "run_id": ctx.run_id, "teacher": ctx.config.teacher_id, "path": ctx.config.path,
         "answer_kind": spec["answer_kind"], "fidelity_method": method, "threshold": ctx.config.threshold,
-        "round": state.get("round", 1), "ceiling": spec.get("ceiling_heldout") or spec["ceiling"],
-        "ceiling_all_probes": spec["ceiling"], "ceiling_method": spec["ceiling_method"],
+        "round": state.get("round", 1), "ceiling": ceiling,
+        "ceiling_all_probes": spec["ceiling"], "ceiling_method": ceiling_method,
         "refusal_rate": spec["refusal_rate"], "hedge_rate": spec["hedge_rate"],
         "held_out": spec["n_heldout"], "train": spec["n_probes"] - spec["n_heldout"],
         "probe_kinds": spec["probe_kinds"], "targets": per_target,
         "notes": (["recorded outputs are the teacher's only answers: they carry the old model's errors, and the ceiling "
                    "is 1 by construction"] if ctx.config.path == "records" else []) +
-                 (["re-label path: 'teacher' answers are the corpus's gold labels"] if ctx.config.path == "relabel" else []),
+                 (["re-label path: 'teacher' answers are the corpus's gold labels"] if ctx.config.path == "relabel" else []) +
+                 ([f"primary metric {ctx.config.primary_metric} not used: it chooses among free-text figures, and this "
+                   "teacher's answers are closed labels (scored by exact match)"]
+                  if ctx.config.primary_metric != "auto" and spec["answer_kind"] != "free" else []),
     }
 
 
 def evaluate(state: State, runtime: Runtime[RunContext]) -> dict:
     """Score every exported variant on every target on the held-out probes; write grid.json and report.json."""
+    from foster.agent.gateway import map_concurrently
     from foster.agent.mine import known_for_lint
     from foster.store.runs import write_json_atomic
 
@@ -270,17 +295,29 @@ def evaluate(state: State, runtime: Runtime[RunContext]) -> dict:
         cache = AnswerCache(ctx)
         per_target, columns, rows_answers, method = {}, [], {}, ""
         stop = state.get("stop_reason")
+        targets = list(ctx.config.targets)
+        known = known_for_lint(state.get("candidates") or [])
+
+        def one(target):
+            variants = (state.get("variants") or {}).get(target) or state.get("candidates") or []
+            return evaluate_target(ctx, cache, target, variants, state["probes"], state["spec"], known=known)
+
+        # Targets are different models: on this 2-core machine two in-process models (one llama.cpp
+        # thread each) evaluate side by side in about the time of one; endpoints just wait in parallel.
+        done: dict[str, tuple] = {}
         try:
-            for target in ctx.config.targets:
-                variants = (state.get("variants") or {}).get(target) or state.get("candidates") or []
-                summary, cols, ans = evaluate_target(ctx, cache, target, variants, state["probes"], state["spec"],
-                                                     known=known_for_lint(state.get("candidates") or []))
-                per_target[target], method = summary, summary["fidelity_method"]
-                columns += cols
-                for pid, a in ans.items():
-                    rows_answers.setdefault(pid, {}).update(a)
+            for n, out in map_concurrently(one, targets, min(len(targets), 4)):
+                done[targets[n]] = out
         except StopRun as e:
             stop = str(e)
+        for target in targets:  # in configured order, whatever finished first
+            if target not in done:
+                continue
+            summary, cols, ans = done[target]
+            per_target[target], method = summary, summary["fidelity_method"]
+            columns += cols
+            for pid, a in ans.items():
+                rows_answers.setdefault(pid, {}).update(a)
         cache.flush()
         spec = state["spec"]
         rows = [{"probe_id": p["id"], "input": p["text"], "cluster": spec["probes"][p["id"]].get("cluster"),

@@ -108,7 +108,8 @@ def assign_split(ctx: RunContext, probes: list[dict]) -> int:
     return n_held
 
 
-def _limit(ctx: RunContext, model: str) -> int:
+def call_limit(ctx: RunContext, model: str) -> int:
+    """Calls in flight for one model: --concurrency for endpoints, the gateway's default otherwise."""
     from foster.agent import gateway
 
     models = getattr(ctx, "models", None)  # a models file may name a local model anything
@@ -201,7 +202,7 @@ def run_calls(ctx: RunContext, model: str, fn, items: list, label: str, speed: T
     """
     from foster.agent.gateway import map_concurrently
 
-    limit = _limit(ctx, model)
+    limit = call_limit(ctx, model)
     out: list = [None] * len(items)
     t0 = last = time.perf_counter()
     done = 0

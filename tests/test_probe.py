@@ -163,3 +163,37 @@ def test_map_concurrently_raises_the_first_error_after_the_calls_in_flight():
     with pytest.raises(RuntimeError, match="boom"):
         list(map_concurrently(fn, list(range(50)), 4))
     assert len(finished) < 50  # what had not started was cancelled
+
+
+def test_evaluation_runs_target_calls_concurrently_in_order_and_asks_nothing_twice(tmp_path, fake_model, monkeypatch):
+    """Held-out evaluation uses the same per-model bound as probing; answers stay in probe order and
+    a second pass (a resumed run) is served from the answer cache."""
+    from foster.agent.evaluate import AnswerCache, evaluate_variant
+    from foster.prompts.bundle import Bundle
+
+    lock = threading.Lock()
+    seen = {"now": 0, "max": 0}
+
+    def slow_target(req):
+        with lock:
+            seen["now"] += 1
+            seen["max"] = max(seen["max"], seen["now"])
+        time.sleep(0.05)
+        with lock:
+            seen["now"] -= 1
+        return fakes.teacher(req)  # the right label for every input: order is checkable
+
+    monkeypatch.setenv("FOSTER_LOCAL_CONCURRENCY", "3")
+    target, backend = fake_model(slow_target, "slow-target")
+    rt = _runtime("evalbound", teacher=target, targets=[target], inputs=_inputs(tmp_path, 12), temperatures=[0.0, 1.0],
+                  samples=2)
+    probes = [{"id": f"p{n}", "text": x} for n, x in enumerate(INPUTS[:12])]
+    bundle = Bundle(teacher=target, targets=[target], system_prompt="Route the ticket.")
+    cache = AnswerCache(rt.context)
+    ev = evaluate_variant(rt.context, cache, bundle, target, probes, sample=True)
+    assert backend.calls == 12 * 3 and 1 < seen["max"] <= 3
+    assert ev["greedy"] == [fakes.true_label(x) for x in INPUTS[:12]]
+    assert all(len(ev["samples"][p["id"]]) == 3 for p in probes)
+    cache.flush()  # evaluate_target flushes after each variant
+    again = evaluate_variant(rt.context, AnswerCache(rt.context), bundle, target, probes, sample=True)
+    assert backend.calls == 36 and again["greedy"] == ev["greedy"]
