@@ -1,6 +1,6 @@
 """foster against the no-LLM copy, zero-shot and plain DSPy: same teacher observations, held-out split, targets and budget.
 
-    python -m bench.compare [--quick] [--domains ticket_routing house_style] [--targets local/... ...]
+    python -m bench.compare [--quick] [--domains ticket_routing house_style clinc_travel] [--targets local/... ...]
 
 For each domain one foster run (every target at once) probes the teacher and characterizes it;
 every arm then uses that run's probes, its train/held-out split and the teacher's answers as labels,
@@ -87,17 +87,21 @@ QUICK = Settings(budget_calls=30, max_rounds=1, synth_per_kind=1, samples=1)
 
 
 def domains() -> dict[str, Domain]:
-    """The demo domain (closed labels) and the house-style rewrite (free text)."""
-    tr, hs = EXAMPLES / "ticket_routing", EXAMPLES / "house_style"
+    """The demo domain (closed labels, templated), the house-style rewrite (free text, templated) and
+    CLINC150's travel domain (closed labels with an out-of-scope class, real queries, CC BY 3.0)."""
+    tr, hs, ct = EXAMPLES / "ticket_routing", EXAMPLES / "house_style", EXAMPLES / "clinc_travel"
     demo = json.loads((tr / "demo.json").read_text())
     return {
         "ticket_routing": Domain("ticket_routing", f"local/smollm2-135m-instruct@{tr / 'teacher'}",
                                  str(tr / demo.get("inputs", "data/inputs.jsonl")), demo["task"],
                                  int(demo.get("max_new_tokens", 12))),
         "house_style": Domain("house_style", f"local/smollm2-135m-instruct@{hs / 'teacher'}",
-                              str(hs / "data" / "inputs.jsonl"),
+                              str(hs / "data" / "history.jsonl"),
                               "Rewrite the customer message as a one-line ticket summary in the support desk's house style.",
                               32),
+        "clinc_travel": Domain("clinc_travel", f"local/smollm2-135m-instruct@{ct / 'teacher'}",
+                               str(ct / "data" / "inputs.jsonl"),
+                               "Classify a travel assistant query into its intent, or oos when it is out of scope.", 12),
     }
 
 
