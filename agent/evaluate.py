@@ -137,7 +137,8 @@ def _distribution_summary(kind, inventory, outs):
     return metrics.distribution([metrics.normalize(o, inventory, kind) for o in outs])
 
 
-def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | None = None) -> tuple[dict, list[dict], dict]:
+def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | None = None,
+                    progress=None) -> tuple[dict, list[dict], dict]:
     from foster.prompts.bundle import Bundle
 
     kind, inventory = spec["answer_kind"], list(spec["inventory"])
@@ -162,7 +163,8 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
                "cost": ev["cost"], "seconds": round(time.time() - t0, 2), "_scores": scores, "_greedy": ev["greedy"],
                "lint": [f.as_dict() for f in bundle.lint(**(known or {}))]}
         results.append(res)
-        ctx.progress("evaluate", n + 1, total, f"{target} {v['name']}: fidelity {res['fidelity']:.3f}")
+        message = f"{target} {v['name']}: fidelity {res['fidelity']:.3f}"
+        progress(message) if progress else ctx.progress("evaluate", n + 1, total, message)
     cache.flush()
     free = None
     if kind == "free":  # exact, structure and similarity side by side; the primary one scores (agent/freetext.py)
@@ -298,9 +300,21 @@ def evaluate(state: State, runtime: Runtime[RunContext]) -> dict:
         targets = list(ctx.config.targets)
         known = known_for_lint(state.get("candidates") or [])
 
+        def variants_of(target):
+            return (state.get("variants") or {}).get(target) or state.get("candidates") or []
+
+        # one count over every target's variants, so parallel targets move one progress bar forward
+        total = sum(1 for t in targets for v in variants_of(t) if not v.get("rejected"))  # rejected ones are not run
+        finished, lock = [0], threading.Lock()
+
+        def tick(message: str) -> None:
+            with lock:
+                finished[0] += 1
+                ctx.progress("evaluate", finished[0], total, message)
+
         def one(target):
-            variants = (state.get("variants") or {}).get(target) or state.get("candidates") or []
-            return evaluate_target(ctx, cache, target, variants, state["probes"], state["spec"], known=known)
+            return evaluate_target(ctx, cache, target, variants_of(target), state["probes"], state["spec"],
+                                   known=known, progress=tick)
 
         # Targets are different models: on this 2-core machine two in-process models (one llama.cpp
         # thread each) evaluate side by side in about the time of one; endpoints just wait in parallel.
