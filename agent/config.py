@@ -44,6 +44,10 @@ class RunConfig(BaseModel):
     miner: str | None = Field(None, description="optional model that writes prose rules")
     judge: str | None = Field(None, description="optional model that scores free-text agreement")
     fidelity: Literal["auto", "exact", "embedding", "judge"] = "auto"
+    primary_metric: Literal["auto", "exact", "structure", "similarity"] = Field(
+        "auto", description="free-text teachers: the figure the threshold and verdict read (with --fidelity auto); "
+        "auto: the strictest of exact, structure, similarity whose ceiling (the teacher against itself) is >= 0.5. "
+        "Closed-label teachers are scored by exact match whatever this says")
     optimizer: str = Field(_env("FOSTER_OPTIMIZER", "auto"), description="auto: foster's tuner, plus GEPA when a "
                            "--miner reflects; foster: the tuner only; gepa|miprov2|simba|bootstrap: the tuner and that one")
     budget_calls: int = Field(60, description="target calls the optimizer may spend per target per round")
@@ -114,6 +118,14 @@ class RunConfig(BaseModel):
             raise InputError(f"--{info.field_name.replace('_', '-')} must be >= 0, got {v}")
         return v
 
+    @field_validator("primary_metric", mode="before")
+    @classmethod
+    def _primary_metric(cls, v):
+        choices = ("auto", "exact", "structure", "similarity")
+        if v not in choices:
+            raise InputError(f"--primary-metric must be one of {', '.join(choices)}, got {v!r}")
+        return v
+
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, v: str | None) -> str | None:
@@ -152,6 +164,9 @@ class RunConfig(BaseModel):
             raise InputError("--target: at least one target model is required")
         if not (self.teacher or self.teacher_records or self.train_data):
             raise InputError("one of --teacher, --teacher-records or --train-data is required")
+        if self.primary_metric != "auto" and self.fidelity != "auto":
+            raise InputError(f"--primary-metric {self.primary_metric} chooses the free-text figure that scores under "
+                             f"--fidelity auto; with --fidelity {self.fidelity} that scorer decides, so give one or the other")
         for model, ep in self.endpoints.items():
             if set(ep) - {"api_base", "api_key_env"}:
                 raise InputError(f"--api-base/--api-key-env {model}: only api_base and api_key_env may be given")

@@ -13,7 +13,7 @@ So, for free text:
   format and the teacher's tag.
 - **three fidelities side by side**, each with n and a 95 % interval (Wilson for exact and structure,
   bootstrap over probes for similarity), their ceilings (the teacher against itself under each), a
-  primary metric (default: the strictest whose ceiling is ≥ 0.5) and a warning when similarity is high
+  primary metric (`RunConfig.primary_metric`; auto: the strictest whose ceiling is ≥ 0.5) and a warning when similarity is high
   while exact or structure agreement is low.
 - hedge and refusal rates of the teacher's samples against each variant's.
 """
@@ -169,12 +169,13 @@ def choose_primary(ceiling: dict[str, float | None], primary: str = "auto") -> t
     if primary != "auto":
         if primary not in STRICTNESS:
             raise ValueError(f"primary metric must be auto or one of {STRICTNESS}, got {primary!r}")
-        return primary, "configured"  # type: ignore[return-value]
+        auto, why = choose_primary(ceiling)
+        return primary, f"configured; auto would have chosen {auto}, {why.removeprefix('auto: ')}"  # type: ignore[return-value]
     for m in STRICTNESS:
         c = ceiling.get(m)
         if c is not None and c >= 0.5:
-            return m, f"the strictest metric whose ceiling is ≥ 0.5 ({m} ceiling {c:.3f})"
-    return "similarity", "no metric has a ceiling ≥ 0.5: similarity"
+            return m, f"auto: the strictest metric whose ceiling is ≥ 0.5 ({m} ceiling {c:.3f})"
+    return "similarity", "auto: no metric has a ceiling ≥ 0.5, so similarity"
 
 
 def flattering(panel: dict) -> str | None:
@@ -310,40 +311,67 @@ def rates_side_by_side(teacher_texts: list[str], variants: dict[str, list[str]])
 
 # -- the report's free-text section ----------------------------------------------------------------------
 
+def report_section(targets: dict[str, dict]) -> dict | None:
+    """The input of `markdown` from a run report's per-target summaries (agent/evaluate.py); None when the
+    teacher's answers are closed labels. Structure, ceilings and primary metric come from the teacher and the
+    held-out probes, so they are the same for every target."""
+    free = {t: s for t, s in targets.items() if isinstance(s, dict) and s.get("freetext")}
+    if not free:
+        return None
+    first = next(iter(free.values()))
+    section = {k: first["freetext"].get(k) for k in ("structure", "ceiling", "primary", "primary_reason",
+                                                     "scores_verdict", "calibration_method")}
+    section["fidelity_method"] = first.get("fidelity_method")
+    section["variants"], section["teacher_rates"] = {}, {}
+    for target, s in free.items():
+        for v in s.get("variants") or []:
+            name = v["variant"] if len(free) == 1 else f"{target} · {v['variant']}"
+            section["variants"][name] = {**(v.get("freetext") or {}),
+                                         **{k: v.get(k) for k in ("calibration_gap", "hedge_rate", "refusal_rate")}}
+        best = s.get("best") or {}
+        if best.get("teacher_hedge_rate") is not None and not section["teacher_rates"]:
+            section["teacher_rates"] = {"hedge_rate": best["teacher_hedge_rate"], "refusal_rate": best["teacher_refusal_rate"],
+                                        "n": best.get("teacher_rates_n")}
+    return section
+
+
 def markdown(section: dict) -> str:
-    """Rows of a free-text comparison: {"variants": {name: panel + calibration + rates}, ...}."""
+    """The report's free-text panel (`report_section`): exact / structure / similarity with their intervals
+    per variant, the primary metric and why, the flattering-similarity warnings, calibration by meaning with
+    its method, hedge and refusal rates of the teacher's samples against each variant's."""
     f = lambda d: "–" if not d else f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
     g = lambda x: "–" if x is None else f"{x:.3f}"
+    primary = section.get("primary")
+    scores = ("the threshold and verdict use it" if section.get("scores_verdict", True) else
+              f"not used for the verdict: the fidelity method is {section.get('fidelity_method')}")
+    head = " | ".join(f"{m}{' (primary)' if m == primary else ''}" for m in STRICTNESS)
     out = ["", "## Free-text fidelity", "",
            f"- structure: {section.get('structure')}",
            f"- ceilings (teacher vs itself): exact {g(section['ceiling'].get('exact'))}, structure "
            f"{g(section['ceiling'].get('structure'))}, similarity {g(section['ceiling'].get('similarity'))}",
-           f"- primary metric: **{section.get('primary')}** ({section.get('primary_reason')})",
-           f"- calibration: {section.get('calibration_method')}", "",
-           "| variant | exact | structure | similarity | cal. gap | hedge | refusal | n |", "|---|---|---|---|---|---|---|---|"]
+           f"- primary metric: **{primary}** ({section.get('primary_reason')}); {scores}",
+           f"- calibration: {section.get('calibration_method')}",
+           "- hedge and refusal rates are over sampled answers; calibration, hedge and refusal are measured for the "
+           "shipped bundle and the zero-shot baseline", "",
+           f"| variant | {head} | cal. gap | hedge | refusal | n |", "|---|---|---|---|---|---|---|---|"]
     for name, v in section["variants"].items():
         out.append(f"| {name} | {f(v.get('exact'))} | {f(v.get('structure'))} | {f(v.get('similarity'))} | "
                    f"{g(v.get('calibration_gap'))} | {g(v.get('hedge_rate'))} | {g(v.get('refusal_rate'))} | "
                    f"{(v.get('exact') or {}).get('n', '–')} |")
     t = section.get("teacher_rates") or {}
-    out.append(f"| teacher (samples) | | | | | {g(t.get('hedge_rate'))} | {g(t.get('refusal_rate'))} | {t.get('n', '–')} |")
+    n = t.get("n")
+    out.append(f"| teacher (samples) | | | | | {g(t.get('hedge_rate'))} | {g(t.get('refusal_rate'))} | "
+               f"{'–' if n is None else f'{n} samples'} |")
     for name, v in section["variants"].items():
         if v.get("warning"):
             out.append(f"\n> **{name}**: {v['warning']}")
     return "\n".join(out) + "\n"
 
 
-
 # -- evaluation hooks (agent.evaluate.evaluate_target calls these for free-text teachers) -----------------
 
 def teacher_samples(spec: dict, probes: list[dict]) -> list[list[str]]:
     return [list((spec["probes"].get(p["id"]) or {}).get("samples") or []) for p in probes]
-
-
-def primary_setting(ctx) -> str:
-    import os
-
-    return getattr(ctx.config, "primary_metric", None) or os.environ.get("FOSTER_PRIMARY_METRIC", "auto")
 
 
 def evaluate_free(ctx, spec: dict, held: list[dict], train: list[dict], refs: list[str], results: list[dict],
@@ -353,18 +381,19 @@ def evaluate_free(ctx, spec: dict, held: list[dict], train: list[dict], refs: li
     figure that does not flatter. Returns (the summary's "freetext" section, the fidelity method)."""
     structure = mine_structure([s for ss in teacher_samples(spec, train or held) for s in ss])
     ceiling = ceilings(teacher_samples(spec, held), structure)
-    primary, why = choose_primary(ceiling, primary_setting(ctx))
+    setting = ctx.config.primary_metric
+    primary, why = choose_primary(ceiling, setting)
     auto = ctx.config.fidelity == "auto"
     for r in results:
         sims = r["_scores"] if method.startswith("embedding") else None
         panel = fidelity_panel(r["_greedy"], refs, structure, similarity=sims, ceiling=ceiling,
-                               primary=primary, seed=ctx.config.seed)
+                               primary=setting, seed=ctx.config.seed)
         scores = panel.pop("scores")
         r["freetext"] = panel
         if auto:
             r["fidelity"], r["_scores"] = panel["primary_value"], scores[primary]
     section = {"structure": structure.describe(), "structure_spec": structure.model_dump(), "ceiling": ceiling,
-               "primary": primary, "primary_reason": why}
+               "primary": primary, "primary_reason": why, "primary_setting": setting, "scores_verdict": auto}
     if auto:
         method = (f"{primary} agreement with the teacher's greedy answer ({why}); exact, structure and "
                   f"embedding similarity reported side by side")
@@ -387,4 +416,5 @@ def calibrate_free(ctx, spec: dict, held: list[dict], samples: dict[str, list[st
     return {"calibration_gap": cal["calibration_gap"], "sampled_agreement": cal["sampled_agreement"],
             "calibration_method": cal["method"], "hedge_rate": rates["hedge_rate"],
             "refusal_rate": rates["refusal_rate"], "teacher_hedge_rate": teacher_rates["hedge_rate"],
-            "teacher_refusal_rate": teacher_rates["refusal_rate"]}
+            "teacher_refusal_rate": teacher_rates["refusal_rate"], "rates_n": rates["n"],
+            "teacher_rates_n": teacher_rates["n"]}

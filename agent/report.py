@@ -1,6 +1,8 @@
 """The run's report as Markdown and as the short table the CLI prints."""
 from __future__ import annotations
 
+from foster.agent.freetext import markdown as freetext_markdown, report_section
+
 
 def _f(x, nd=3):
     return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
@@ -31,7 +33,25 @@ def summary_table(report: dict) -> str:
                      f"{_f(s.get('calibration_gap')):>8}  {b.get('variant')} ({(b.get('tokens') or {}).get('o200k_base')})")
         if c.get("verdict"):
             lines.append(f"  {c['verdict']}")
+        line = _primary_line(s)
+        if line:
+            lines.append(line)
     return "\n".join(lines)
+
+
+def _primary_line(s: dict) -> str | None:
+    """Free text: the shipped variant's figure under the primary metric (with n and interval), why that
+    metric, and the other two beside it; None for closed labels."""
+    ft = s.get("freetext") or {}
+    panel = (s.get("best") or {}).get("freetext") or {}
+    primary = ft.get("primary")
+    if not primary or primary not in panel:
+        return None
+    others = ", ".join(f"{m} {_iv(panel.get(m))}" for m in ("exact", "structure", "similarity") if m != primary)
+    line = f"  free text: {primary} {_iv(panel[primary])} ({ft.get('primary_reason')}); {others}"
+    if not ft.get("scores_verdict", True):
+        line += "; the verdict reads the fidelity method instead"
+    return line + (f"\n  warning: {panel['warning']}" if panel.get("warning") else "")
 
 
 def _lint_lines(findings: list[dict]) -> list[str]:
@@ -81,6 +101,9 @@ def markdown(report: dict) -> str:
             out.append(f"- divergent cluster {cl['cluster']}: fidelity {_f(cl['fidelity'])} over {cl['size']} probes; "
                        f"e.g. {'; '.join(repr(e) for e in cl['examples'])}")
         out.append("")
+    free = report_section(report.get("targets") or {})
+    if free:
+        out.append(freetext_markdown(free))
     if report.get("lora"):
         from foster.agent.lora.report import lora_markdown
 

@@ -118,6 +118,8 @@ def test_full_run_on_fakes(domain, dumb):
     # verdict "threshold met": straight to bundle, no fallback
     assert t["best"]["fidelity"] >= 0.5 and report["verdict"] == "threshold met"
     assert "lora" not in report and "## LoRA fallback" not in (d / "report.md").read_text()
+    # closed labels: no free-text panel, no free-text line in the summary
+    assert "## Free-text fidelity" not in (d / "report.md").read_text() and "free text:" not in (d / "report.md").read_text()
     assert report["best_bundle"]["variant"] == t["best"]["variant"]
     b = Bundle.load(d / "best_bundle.json")
     assert b.messages("my parcel is late")[-1]["content"] == "my parcel is late"
@@ -149,10 +151,14 @@ def test_records_path(domain, fake_model):
     from foster.store.runs import RunRegistry
 
     recs = write_jsonl(domain["dir"] / "rec.jsonl", [{"input": x, "output": fakes.true_label(x)} for x in fakes.HISTORICAL])
-    run_id = start_run({"teacher_records": recs, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1})
+    run_id = start_run({"teacher_records": recs, "targets": [domain["target"]], "budget_calls": 5, "max_rounds": 1,
+                        "primary_metric": "structure"})
     report = RunRegistry().read_json(run_id, "report.json")
     assert report["path"] == "records"
     assert any("carry the old model's errors" in n for n in report["notes"])
+    # a free-text option on a closed-label teacher is said not to apply, and scores nothing
+    assert report["answer_kind"] == "closed" and "exact match" in report["fidelity_method"]
+    assert any("primary metric structure not used" in n for n in report["notes"])
     assert domain["t"].calls == 0
 
 

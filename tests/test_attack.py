@@ -381,11 +381,27 @@ def _no_calls_no_runs(counted):
     (["--max-tokens", "0"], "--max-tokens"),
     (["--max-cost", "-1"], "--max-cost"),
     (["--task", "classify tickets, api_key=sk-abcdefghijklmnopqrstuvwxyz123456"], "--task"),
+    (["--primary-metric", "bogus"], "--primary-metric"),
+    (["--primary-metric", "structure", "--fidelity", "judge"], "--primary-metric"),
 ])
 def test_bad_numbers_and_secrets_are_refused_before_any_call(counted, capsys, extra, expect):
     code, err = _cli(_distill(counted, *extra), capsys)
     assert code == 2 and len(err) == 1 and expect in err[0], err
     _no_calls_no_runs(counted)
+
+
+def test_runs_api_takes_the_primary_metric_and_refuses_a_bad_one(api, monkeypatch):
+    from foster.agent import runs as agent_runs
+
+    started = []
+    monkeypatch.setattr(agent_runs, "start_run", lambda config, background=False: started.append(config) or "x")
+    base = {"teacher": "local/fake-teacher", "targets": [TARGET], "uploads": {"inputs": '{"input": "hello"}\n'}}
+    assert api.post("/v1/runs", json={**base, "primary_metric": "structure"}).status_code == 202
+    assert started[-1].primary_metric == "structure"
+    for bad in ({"primary_metric": "bogus"}, {"primary_metric": "structure", "fidelity": "judge", "judge": "local/j"}):
+        response = api.post("/v1/runs", json={**base, **bad})
+        assert response.status_code == 422 and "primary" in response.text, (bad, response.text)
+    assert len(started) == 1
 
 
 def test_undecodable_input_names_file_and_line(counted, capsys, tmp_path):

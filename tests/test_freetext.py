@@ -86,7 +86,9 @@ def test_similarity_that_flatters_is_flagged_and_the_strictest_sound_metric_is_p
     # a teacher too spread for exact match: the next strictest metric whose ceiling is >= 0.5
     assert choose_primary({"exact": 0.3, "structure": 0.7, "similarity": 0.9})[0] == "structure"
     assert choose_primary({"exact": 0.3, "structure": 0.4, "similarity": 0.9})[0] == "similarity"
-    assert choose_primary({"exact": 0.9}, "similarity") == ("similarity", "configured")
+    name, why = choose_primary({"exact": 0.9}, "similarity")
+    assert name == "similarity" and why.startswith("configured; auto would have chosen exact") and "0.900" in why
+    assert choose_primary({"exact": 0.9})[1].startswith("auto: ")
     with pytest.raises(ValueError):
         choose_primary({}, "bleu")
 
@@ -164,3 +166,75 @@ def test_free_text_calibration_differs_between_arms_through_evaluation(tmp_path,
     # hedging side by side: the teacher never hedges, the chatty target always does
     assert c["best"]["teacher_hedge_rate"] == 0.0 and c["best"]["hedge_rate"] == 1.0
     assert m["best"]["hedge_rate"] == 0.0
+
+
+# -- a whole free-text run: the report's panel, the primary metric as a run option -------------------------
+
+def steady_teacher(req) -> str:
+    """The house style, the same answer at every temperature: exact agreement is a sound primary metric."""
+    text = _msg(req)
+    if not any(k in text for k in AREAS) or not re.search(r"account (\d+)", text):
+        return "[NET] restore outage for the customer; ref #0"
+    return house(text)
+
+
+def near_target(req) -> str:
+    """The teacher's format and tag on every input, the wrong reference number: structure agrees, exact
+    never does, and the cosine stays high (the similarity that flatters)."""
+    return re.sub(r"#(\d+)", lambda m: f"#{int(m.group(1)) + 1}", steady_teacher(req))
+
+
+def _free_run(tmp_path, fake_model, capsys, run_id: str, *extra: str) -> tuple[int, dict, str, str]:
+    import json
+
+    from foster.store.runs import RunRegistry
+    from foster.ui.cli import main
+
+    teacher_model, _ = fake_model(steady_teacher, "ft-steady-teacher")
+    target_model, _ = fake_model(near_target, "ft-near-target")
+    inputs = tmp_path / f"{run_id}.jsonl"
+    inputs.write_text("".join(json.dumps({"input": m}) + "\n" for m in MESSAGES))
+    code = main(["distill", "--teacher", teacher_model, "--target", target_model, "--inputs", str(inputs),
+                 "--task", "Summarise the ticket in the house style.", "--threshold", "0.5", "--max-rounds", "1",
+                 "--synth-per-kind", "0", "--budget-calls", "6", "--no-lora", "--run-id", run_id, "--quiet", *extra])
+    out = capsys.readouterr().out
+    reg = RunRegistry()
+    report = reg.read_json(run_id, "report.json")
+    return code, report, (reg.run_dir(run_id) / "report.md").read_text(), out
+
+
+def test_free_text_run_reports_its_panel_and_the_configured_primary_metric_decides(tmp_path, fake_model, capsys):
+    code, report, md, out = _free_run(tmp_path, fake_model, capsys, "free-auto")
+    assert code == 0 and report["answer_kind"] == "free"
+    t = next(iter(report["targets"].values()))
+    ft, best = t["freetext"], t["best"]
+    # auto: the teacher agrees with itself exactly, so exact match is primary, and it reads 0
+    assert ft["primary"] == "exact" and ft["primary_setting"] == "auto" and ft["primary_reason"].startswith("auto:")
+    assert best["fidelity"] == best["freetext"]["exact"]["value"] == 0.0
+    assert best["freetext"]["structure"]["value"] == 1.0 and best["freetext"]["similarity"]["value"] > 0.8
+    assert report["verdict"] == "plateau below threshold"
+    assert report["ceiling"] == ft["ceiling"]["exact"] and "primary metric (exact)" in report["ceiling_method"]
+    # report.md: the panel, with its intervals, the primary metric and why, the warning, calibration, hedging
+    assert "## Free-text fidelity" in md
+    panel = md[md.index("## Free-text fidelity"):]
+    assert "primary metric: **exact** (auto: the strictest metric whose ceiling is ≥ 0.5 (exact ceiling 1.000))" in panel
+    assert "| variant | exact (primary) | structure | similarity |" in panel
+    assert re.search(r"\| 0\.000 \[0\.000, 0\.\d{3}\] \| 1\.000 \[0\.\d{3}, 1\.000\] \| 0\.\d{3} \[", panel)
+    assert "flatters" in panel and "exact agreement is 0.000" in panel
+    assert "Jensen–Shannon divergence between meaning classes" in panel
+    assert re.search(r"\| teacher \(samples\) \| \| \| \| \| 0\.000 \| 0\.000 \| \d+ samples \|", panel)
+    # the CLI's summary: the primary metric's figure with its interval and n
+    n = best["freetext"]["exact"]["n"]
+    assert re.search(rf"free text: exact 0\.000 \[0\.00, 0\.\d\d\] n={n} \(auto: ", out), out
+
+    # the same run with structure as the configured primary metric: the verdict reads structure
+    code, report, md, out = _free_run(tmp_path, fake_model, capsys, "free-structure", "--primary-metric", "structure")
+    assert code == 0
+    t = next(iter(report["targets"].values()))
+    assert t["freetext"]["primary"] == "structure" and t["freetext"]["primary_setting"] == "structure"
+    assert t["best"]["fidelity"] == t["best"]["freetext"]["structure"]["value"] == 1.0
+    assert t["ceiling"] == t["freetext"]["ceiling"]["structure"]
+    assert report["verdict"] == "threshold met" and "structure agreement" in report["fidelity_method"]
+    assert "primary metric: **structure** (configured; auto would have chosen exact, the strictest metric" in md
+    assert "| exact | structure (primary) | similarity |" in md
+    assert "free text: structure 1.000 [" in out and f"n={n} (configured; " in out, out

@@ -35,6 +35,9 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miner", help="optional model that writes prose rules (and reflects for GEPA)")
     p.add_argument("--judge", help="optional model that scores free-text agreement")
     p.add_argument("--fidelity", choices=["auto", "exact", "embedding", "judge"], default="auto")
+    p.add_argument("--primary-metric", default="auto", metavar="auto|exact|structure|similarity",
+                   help="free-text teachers: the figure the threshold and verdict read (with --fidelity auto); "
+                   "auto = the strictest whose ceiling is >= 0.5")
     p.add_argument("--optimizer", default="auto", help="auto (foster's tuner; GEPA beside it when --miner is given) | "
                    "foster | gepa | miprov2 | simba | bootstrap")
     p.add_argument("--budget-calls", type=int, default=60, help="optimizer target calls per target per round")
@@ -62,8 +65,8 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
 
 
 CONFIG_FIELDS = ("teacher", "teacher_records", "train_data", "targets", "inputs", "task", "hand_written", "threshold",
-                 "temperatures", "samples", "generator", "synth_per_kind", "miner", "judge", "fidelity", "optimizer",
-                 "budget_calls", "knn_k", "max_rounds", "lora_fallback", "min_gain", "max_probes", "sampled_probes",
+                 "temperatures", "samples", "generator", "synth_per_kind", "miner", "judge", "fidelity", "primary_metric",
+                 "optimizer", "budget_calls", "knn_k", "max_rounds", "lora_fallback", "min_gain", "max_probes", "sampled_probes",
                  "min_heldout", "concurrency", "max_calls", "max_tokens",
                  "max_cost", "seed", "run_id", "models_file", "endpoints")
 
