@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from foster.prompts.embedding import EMBEDDING_MODEL, check_embedding_model
+
 
 def _env(name: str, default):
     return os.environ.get(name, default)
@@ -52,6 +54,9 @@ class RunConfig(BaseModel):
                            "--miner reflects; foster: the tuner only; gepa|miprov2|simba|bootstrap: the tuner and that one")
     budget_calls: int = Field(60, description="target calls the optimizer may spend per target per round")
     knn_k: int = Field(6, description="examples retrieved per input for pool bundles")
+    embedding_model: str = Field(EMBEDDING_MODEL, description="what retrieves a pool bundle's examples: "
+                                 f"{EMBEDDING_MODEL} (packaged, offline) or a litellm provider/model embedding, its key "
+                                 "from the provider's environment variable; the pool's vectors are stored in the bundle")
     lora_fallback: bool = Field(True, description="train a LoRA on the target when prompting plateaus below threshold")
     max_rounds: int = Field(2, description="re-probe rounds before the run stops improving")
     min_gain: float = Field(0.02, description="δ: a round that gains less than this is a plateau")
@@ -125,6 +130,14 @@ class RunConfig(BaseModel):
         if v not in choices:
             raise InputError(f"--primary-metric must be one of {', '.join(choices)}, got {v!r}")
         return v
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _embedding_model(cls, v: str) -> str:
+        try:
+            return check_embedding_model(v)
+        except ValueError as e:
+            raise InputError(f"--embedding-model: {e}") from None
 
     @field_validator("run_id")
     @classmethod

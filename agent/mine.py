@@ -262,15 +262,15 @@ def build_candidates(ctx: RunContext, state: dict) -> list[dict]:
     condensed = condense_pool(pool_items, spec)
     fixed = [Example(input=p["text"], output=per[p["id"]]["mode"]) for p in choose_fixed_examples(usable, spec)]
     common = {"teacher": c.teacher_id, "targets": c.targets, "output_contract": contract}
+    knn = ExampleSelection(kind="knn", k=c.knn_k, embedding_model=c.embedding_model)
     variants = {
         "zero-shot": Bundle(name="zero-shot", system_prompt=render("mine", "minimal", task=task).strip(), **common),
         "mined-fixed": Bundle(name="mined-fixed", system_prompt=system, examples=fixed,
                               selection=ExampleSelection(kind="fixed"), **common),
-        "mined-knn": Bundle(name="mined-knn", system_prompt=system, examples=pool,
-                            selection=ExampleSelection(kind="knn", k=c.knn_k), **common),
+        "mined-knn": Bundle(name="mined-knn", system_prompt=system, examples=pool, selection=knn, **common),
     }
     if prose:
-        variants["miner-knn"] = Bundle(name="miner-knn", examples=pool, selection=ExampleSelection(kind="knn", k=c.knn_k),
+        variants["miner-knn"] = Bundle(name="miner-knn", examples=pool, selection=knn.model_copy(),
                                        system_prompt=render("mine", kind_key, task=task, prose=prose, **stats_vars).strip(),
                                        **common)
     if c.hand_written:

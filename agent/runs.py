@@ -25,6 +25,7 @@ def validate(config: RunConfig) -> None:
                 except gateway.UnknownModelError as e:
                     raise InputError(f"{flag} {m}: {e}") from None
     check_credentials(config, run_models)
+    check_embedding_model(config)
     if config.inputs:
         read_jsonl(config.inputs)
     if config.teacher_records:
@@ -57,6 +58,23 @@ def check_credentials(config: RunConfig, run_models) -> None:
                     if missing:
                         raise InputError(f"{flag} {name}: no credentials: set {' or '.join(missing)} "
                                          f"(or name a key variable with --api-key-env or a models file)")
+
+
+def check_embedding_model(config: RunConfig) -> None:
+    """A knn bundle's embedding other than the packaged one: a provider litellm knows, with its key in the
+    provider's own environment variable (an embedding model takes no endpoint or key variable from a run)."""
+    from foster.prompts.embedding import EMBEDDING_MODEL, check_embedding_provider
+
+    name = config.embedding_model
+    if name == EMBEDDING_MODEL:
+        return
+    try:
+        check_embedding_provider(name)
+    except ValueError as e:
+        raise InputError(f"--embedding-model: {e}") from None
+    missing = _missing_keys(name)
+    if missing:
+        raise InputError(f"--embedding-model {name}: no credentials: set {' or '.join(missing)}")
 
 
 def _missing_keys(model: str) -> list[str]:

@@ -164,6 +164,35 @@ def test_exports_carry_the_embedding_model_and_render_like_the_bundle(provider, 
     assert result.ok, result.first_difference
 
 
+def test_distill_refuses_a_bad_embedding_model_in_one_line(fake_model, tmp_path, capsys):
+    from foster.ui.cli import main
+
+    target, _ = fake_model(fakes.target, "fake-target")
+    records = tmp_path / "rec.jsonl"
+    records.write_text("\n".join(json.dumps({"input": x, "output": fakes.true_label(x)}) for x in fakes.HISTORICAL))
+    for name, says in (("huggingface/https://attacker.example", "--embedding-model: 'huggingface/https:"),
+                       ("nosuchprovider/x", "--embedding-model: unknown embedding provider")):
+        code = main(["distill", "--teacher-records", str(records), "--target", target,
+                     "--embedding-model", name, "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and says in err[0], err
+    assert not (Path(os.environ["FOSTER_HOME"]) / "runs").exists()
+
+
+def test_a_run_mines_knn_bundles_with_the_named_embedding(provider, fake_model, tmp_path):
+    from foster.agent.runs import start_run
+    from foster.store.runs import RunRegistry
+
+    target, _ = fake_model(fakes.target, "fake-target")
+    records = tmp_path / "rec.jsonl"
+    records.write_text("\n".join(json.dumps({"input": x, "output": fakes.true_label(x)}) for x in fakes.HISTORICAL))
+    run_id = start_run({"teacher_records": str(records), "targets": [target], "budget_calls": 5, "max_rounds": 1,
+                        "embedding_model": MODEL})
+    knn = [Bundle.load(p) for p in (RunRegistry().run_dir(run_id) / "bundles").glob("mined-knn-*.json")]
+    assert knn and all(b.selection.embedding_model == b.selection.vectors.model == MODEL for b in knn)
+    assert any(len(call) == 1 for call in provider.calls)  # evaluation embedded each held-out input through the fake
+
+
 def test_a_minilm_bundle_renders_without_importing_litellm(tmp_path):
     path = _bundle(model="all-MiniLM-L6-v2").save(tmp_path / "minilm")
     code = ("import sys\nfrom foster.prompts.bundle import Bundle\n"

@@ -42,6 +42,9 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
                    "foster | gepa | miprov2 | simba | bootstrap")
     p.add_argument("--budget-calls", type=int, default=60, help="optimizer target calls per target per round")
     p.add_argument("--knn-k", type=int, default=6)
+    p.add_argument("--embedding-model", help="what retrieves a pool bundle's examples: all-MiniLM-L6-v2 (default, "
+                   "packaged) or a litellm embedding such as openai/text-embedding-3-small (key from its usual "
+                   "variable); the pool's vectors are stored in the bundle")
     p.add_argument("--max-rounds", type=int, default=2)
     p.add_argument("--no-lora", dest="lora_fallback", action="store_false",
                    help="end a plateau below threshold with the best bundle instead of training a LoRA")
@@ -66,8 +69,8 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
 
 CONFIG_FIELDS = ("teacher", "teacher_records", "train_data", "targets", "inputs", "task", "hand_written", "threshold",
                  "temperatures", "samples", "generator", "synth_per_kind", "miner", "judge", "fidelity", "primary_metric",
-                 "optimizer", "budget_calls", "knn_k", "max_rounds", "lora_fallback", "min_gain", "max_probes", "sampled_probes",
-                 "min_heldout", "concurrency", "max_calls", "max_tokens",
+                 "optimizer", "budget_calls", "knn_k", "embedding_model", "max_rounds", "lora_fallback", "min_gain",
+                 "max_probes", "sampled_probes", "min_heldout", "concurrency", "max_calls", "max_tokens",
                  "max_cost", "seed", "run_id", "models_file", "endpoints")
 
 
