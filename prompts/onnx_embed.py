@@ -160,6 +160,9 @@ class OnnxEmbedder:
         # resident memory.
         options.enable_cpu_mem_arena = False
         options.log_severity_level = 3
+        # Spinning worker threads stall when another busy process takes their core (the same
+        # trap as llama.cpp's batch threads): let them sleep instead. Vectors are unchanged.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
