@@ -340,3 +340,24 @@ def test_sigkill_during_probe_then_resume_repeats_no_teacher_call(tmp_path):
     assert split_after == split_before
     report = json.loads((home / "runs" / "killme" / "report.json").read_text())
     assert report["held_out"] == sum(1 for s in split_before.values() if s == "heldout")
+
+
+def test_the_demo_config_and_every_config_flag_reach_the_run_config():
+    """demo.json's settings (its held-out share, its answer length) were once cut to the CLI's flags
+    and the demo silently ran with the defaults; every RunConfig field must get through."""
+    import argparse
+
+    from foster.agent.config import RunConfig
+    from foster.ui.cmd_distill import _distill_arguments, demo_config, make_config
+
+    demo = json.loads((Path(__file__).resolve().parents[1] / "examples" / "ticket_routing" / "demo.json").read_text())
+    config = make_config(demo_config())
+    for key, value in demo.items():
+        if key in RunConfig.model_fields and key not in ("inputs", "hand_written", "teacher"):
+            assert getattr(config, key) == value, key
+    p = argparse.ArgumentParser()
+    _distill_arguments(p)
+    args = p.parse_args(["--teacher", "local/x", "--target", "local/y", "--inputs", "in.jsonl",
+                         "--holdout-fraction", "0.2", "--max-new-tokens", "8"])
+    values = vars(args)
+    assert {k for k in values if k in RunConfig.model_fields} >= {"holdout_fraction", "max_new_tokens", "min_heldout"}

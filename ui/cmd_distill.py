@@ -58,6 +58,9 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-calls", type=int, help="cap on all model calls")
     p.add_argument("--max-tokens", type=int, help="cap on all tokens")
     p.add_argument("--max-cost", type=float, help="cap on cost (USD)")
+    p.add_argument("--holdout-fraction", type=float, default=0.3,
+                   help="share of the real inputs held out for the final figures (at least --min-heldout where the history allows)")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="generation length of every answer (teacher and targets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-id", help="name the run (default: time-stamped)")
     p.add_argument("--api-base", action="append", default=[], metavar="MODEL=URL",
@@ -67,11 +70,7 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-CONFIG_FIELDS = ("teacher", "teacher_records", "train_data", "targets", "inputs", "task", "hand_written", "threshold",
-                 "temperatures", "samples", "generator", "synth_per_kind", "miner", "judge", "fidelity", "primary_metric",
-                 "optimizer", "budget_calls", "knn_k", "embedding_model", "max_rounds", "lora_fallback", "min_gain",
-                 "max_probes", "sampled_probes", "min_heldout", "concurrency", "max_calls", "max_tokens",
-                 "max_cost", "seed", "run_id", "models_file", "endpoints")
+
 
 
 def _endpoints(values: dict) -> dict:
@@ -94,7 +93,8 @@ def make_config(values: dict):
     if values.get("api_base") or values.get("api_key_env"):
         values = {**values, "endpoints": _endpoints(values)}
     try:
-        return RunConfig.model_validate({k: v for k, v in values.items() if k in CONFIG_FIELDS and v is not None})
+        # every RunConfig field, so a config file (the demo's demo.json) is never silently cut to the flags
+        return RunConfig.model_validate({k: v for k, v in values.items() if k in RunConfig.model_fields and v is not None})
     except ValidationError as e:
         err = e.errors()[0]
         msg = str(err.get("ctx", {}).get("error") or err["msg"]).removeprefix("Value error, ")
