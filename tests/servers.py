@@ -101,3 +101,47 @@ class Chroma:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+@dataclass
+class FosterServe:
+    """`foster serve --no-ui` as its own process on loopback, over the data directory `home`: what a user
+    starts beside a run (nothing of the test process, such as a loaded model's state, is shared)."""
+
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    @classmethod
+    def start(cls, home: Path, timeout: float = 120.0) -> FosterServe:
+        import httpx
+
+        exe = Path(sys.executable).with_name("foster")
+        port, log = free_port(), Path(tempfile.mkdtemp(prefix="foster-serve-")) / "serve.log"
+        env = {**os.environ, "FOSTER_HOME": str(home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([str(exe), "serve", "--no-ui", "--port", str(port), "--log-level", "warning"],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"foster serve exited: {log.read_text()[-1000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return cls(url=url, proc=proc, log=log)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        proc.kill()
+        raise RuntimeError(f"foster serve did not answer within {timeout:.0f} s: {log.read_text()[-1000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.log.parent, ignore_errors=True)

@@ -136,20 +136,23 @@ def test_service_export_endpoint(run, monkeypatch):
     assert client.get("/v1/bundles/nonexistent/export", params={"format": "openai"}).status_code == 404
 
 
-def promptfoo_eval(config: Path, tmp_path: Path) -> list[dict]:
-    """`npx promptfoo eval -c config` against foster serve on loopback; promptfoo's result rows.
-    Fails on any provider error (failureReason 2); a wrong answer (1) is a result, not an error."""
+def promptfoo_eval(config: Path, tmp_path: Path, url: str | None = None) -> list[dict]:
+    """`npx promptfoo eval -c config` against foster serve at `url` (by default one served from this
+    process on loopback, which sees the fakes it registered); promptfoo's result rows. Fails on any
+    provider error (failureReason 2); a wrong answer (1) is a result, not an error."""
     from foster.ui.service import create_app
 
     if shutil.which("npx") is None or shutil.which("promptfoo") is None:
         pytest.fail("promptfoo is not installed: `make test-deps` installs it from npm")
-    with running_server(create_app(ui=False)) as url:
-        env = {**os.environ, "OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "unused-by-foster-serve",
-               "PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1",
-               "PROMPTFOO_CONFIG_DIR": str(tmp_path / "promptfoo-home")}
-        done = subprocess.run(["npx", "--no-install", "promptfoo", "eval", "-c", str(config), "-o",
-                               str(tmp_path / "out.json"), "--no-cache", "--no-progress-bar", "-j", "1"],
-                              check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    if url is None:
+        with running_server(create_app(ui=False)) as local:
+            return promptfoo_eval(config, tmp_path, local)
+    env = {**os.environ, "OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "unused-by-foster-serve",
+           "PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1",
+           "PROMPTFOO_CONFIG_DIR": str(tmp_path / "promptfoo-home")}
+    done = subprocess.run(["npx", "--no-install", "promptfoo", "eval", "-c", str(config), "-o",
+                           str(tmp_path / "out.json"), "--no-cache", "--no-progress-bar", "-j", "1"],
+                          check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert (tmp_path / "out.json").is_file(), done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "out.json").read_text())["results"]["results"]
     errors = [r.get("error") for r in results if r.get("failureReason") == 2 or (r.get("response") or {}).get("error")]
@@ -195,3 +198,58 @@ def test_export_run_lists_every_format_for_the_report(run):
     text = markdown({"exports": exports})
     assert "## Exports" in text and f"{len(PROBES)}/{len(PROBES)} identical" in text
 
+
+@pytest.mark.integration
+def test_promptfoo_eval_on_a_real_runs_exports_matches_its_fidelity(tmp_path):
+    """A real run (recorded teacher answers, the embedded SmolLM2 as target, a tiny budget) and its
+    promptfoo exports: the best bundle's file the run wrote, and the same export of every other
+    bundle it evaluated (the mined ones; the zero-shot baseline only answers prose). `npx promptfoo
+    eval` on each, against `foster serve` started as its own process (fresh weights, nothing of the
+    run's model state), gets the answer the run scored on every held-out probe and passes exactly
+    the probes the run scored as agreeing: promptfoo's pass rate is the fidelity the run reported
+    for that bundle, probe by probe. (Bundles whose rendering the server applied twice answered
+    differently on some probes, which this catches.)"""
+    from foster.agent.runs import start_run
+    from foster.prompts.export import run_context
+    from foster.store.paths import foster_home
+    from foster.store.runs import RunRegistry
+    from servers import FosterServe
+
+    target = "local/smollm2-135m-instruct"
+    recorded = tmp_path / "teacher.jsonl"
+    recorded.write_text("".join(json.dumps({"input": r["input"], "output": r["output"]}) + "\n"
+                                for r in records("train.jsonl")[:32]))
+    run_id = start_run({"teacher_records": str(recorded), "targets": [target], "task": "Route the support ticket.",
+                        "temperatures": [0.0], "samples": 1, "synth_per_kind": 0, "sampled_probes": 1,
+                        "holdout_fraction": 0.25, "min_heldout": 8, "knn_k": 4, "budget_calls": 2, "max_rounds": 1,
+                        "max_new_tokens": 8, "lora_fallback": False})
+    run_dir = RunRegistry().run_dir(run_id)
+    report = json.loads((run_dir / "report.json").read_text())
+    grid = json.loads((run_dir / "grid.json").read_text())
+    best = Bundle.load(run_dir / "best_bundle.json")
+    written = next(e for e in report["exports"] if e["format"] == "promptfoo")
+    assert written["ok"] and written["n"] == len(grid["rows"]) == 8, written
+    variants = [v for v in report["targets"][target]["variants"] if not v["baseline"]]
+    assert best.id in {v["bundle_id"] for v in variants} and len(variants) >= 2, variants
+
+    server = FosterServe.start(foster_home())
+    try:
+        for variant in variants:
+            bundle = Bundle.load(variant["path"])
+            if bundle.id == best.id:
+                config = Path(written["path"])
+            else:
+                config = tmp_path / f"{bundle.id}.promptfooconfig.yaml"
+                config.write_text(export_bundle(bundle, "promptfoo", run_context(run_dir)).text)
+            scored = {row["input"]: row["answers"][f"{target}::{variant['variant']}"] for row in grid["rows"]}
+            (tmp_path / bundle.id).mkdir()
+            results = promptfoo_eval(config, tmp_path / bundle.id, server.url)
+            assert sorted(r["vars"]["input"] for r in results) == sorted(scored)
+            answers = {r["vars"]["input"]: r["response"]["output"] for r in results}
+            assert answers == {i: a["answer"] for i, a in scored.items()}, variant["variant"]
+            assert {r["vars"]["input"]: bool(r["success"]) for r in results} == {i: a["agree"] for i, a in scored.items()}
+            assert sum(bool(r["success"]) for r in results) / len(results) == variant["fidelity"]
+            for result in results:  # what promptfoo sent is what the bundle renders
+                assert json.loads(result["prompt"]["raw"]) == bundle.messages(result["vars"]["input"])
+    finally:
+        server.stop()

@@ -326,6 +326,43 @@ def test_retrieving_bundle_serves_the_nearest_examples(server, http, home, targe
         assert sent == pool.messages(text) and len(sent) == 1 + 2 * 2 + 1  # system, k pairs, input
 
 
+def test_a_client_replaying_the_bundles_own_messages_gets_the_bundle_once(server, http, home, target, monkeypatch):
+    """An export replayed against foster serve (promptfoo's config sends `Bundle.messages(input)`)
+    reaches the target exactly as evaluation asked it, not with the bundle's prompt and examples
+    twice; anything else the client sends before its input is still its own and kept."""
+    import openai
+
+    from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
+    from service_fixtures import PROBES
+
+    pool = Bundle(teacher=TEACHER, targets=[TARGET], system_prompt="Route the ticket.",
+                  examples=[Example(input=t, output=label) for t, label in PROBES],
+                  selection=ExampleSelection(kind="knn", k=2), output_contract=OutputContract(format="label", answers=["BILLING", "ACCOUNT", "SHIPPING", "OTHER"]))
+    assert http.post("/v1/bundles", content=pool.to_json(), headers={"content-type": "application/json"}).status_code == 201
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    text, other = "my parcel has not arrived", "I forgot my password"
+    reply = client.chat.completions.create(model=pool.id, messages=pool.messages(text))
+    assert reply.choices[0].message.content == label_for(text)
+    assert list(target.requests[-1].messages) == pool.messages(text)
+    stream = client.chat.completions.create(model=pool.id, messages=pool.messages(text), stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == label_for(text)
+    assert list(target.requests[-1].messages) == pool.messages(text)
+
+    # the bundle's rendering of a different input is not this input's: it stays the client's conversation
+    replayed = pool.messages(other)[:-1]
+    assert replayed != pool.messages(text)[:-1]  # other examples retrieved
+    client.chat.completions.create(model=pool.id, messages=[*replayed, {"role": "user", "content": text}])
+    assert list(target.requests[-1].messages) == [*pool.messages(text)[:-1], *replayed, {"role": "user", "content": text}]
+
+    # a base target: the bundle's messages sent by the client become the bundle's prompt, once
+    seen = []
+    register_backend("fake-base", ScriptedBackend(lambda request: seen.append(request) or label_for(_user_text(request.messages_or_prompt))))
+    monkeypatch.setenv("FOSTER_COMPLETION_TARGETS", "local/fake-base")
+    _deploy(http, name="router-pool-base", bundle_id=pool.id, target="local/fake-base")
+    client.chat.completions.create(model="router-pool-base", messages=pool.messages(text))
+    assert seen[-1].prompt == pool.prompt(text)
+
+
 def test_openapi_has_no_5xx_under_schemathesis(server, run, target, monkeypatch):
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings

@@ -5,7 +5,9 @@ bundle renders the request with the same code evaluation used (`agent.target.ren
 messages for chat targets, a few-shot prompt for base targets) and the target is called through
 litellm. The input the bundle renders (and retrieves its examples for) is the last user message of
 a chat request, or the prompt of a completion request. The bundle's system prompt and examples come
-first; the client's own system message and earlier turns follow, all kept, before that input.
+first; the client's own system message and earlier turns follow, all kept, before that input. A
+client that sends the bundle's own rendering (an export replayed, e.g. promptfoo's config) is
+answered as if it had sent the input alone: the bundle is applied once.
 Under a label output contract the answer is normalized as evaluation normalized it, so a client
 receives the label that was measured ("Billing." becomes "Billing").
 
@@ -245,14 +247,30 @@ def with_conversation(request: dict, bundle, user_input: str, before: list[dict]
     return {**request, "prompt": prompt}
 
 
+def without_the_bundles_own_part(bundle, user_input: str, request: dict, before: list[dict]) -> list[dict]:
+    """The client's messages before its input, less the bundle's own rendering of that input.
+
+    A client replaying an export (promptfoo's config, the openai export's request) sends what
+    `Bundle.messages()` renders: the bundle's system prompt and examples, then the input. Kept as the
+    client's conversation, they would reach the target twice, a different question from the one
+    evaluation asked (the embedded SmolLM2 then changed up to 3 of 8 greedy answers). Only an exact
+    match is the bundle's: any other system message or turn is the client's own and kept.
+    """
+    if not before:
+        return before
+    rendered = request["messages"] if "messages" in request else bundle.messages(user_input)
+    return [] if before == rendered[:-1] else before
+
+
 def render(served: Served, user_input: str, stops: list[str], before: list[dict] | None = None,
            after: list[dict] | None = None) -> dict:
     """The request the bundle makes for this target (agent.target: the path evaluation used), with
     the client's conversation kept."""
     from foster.agent.target import render_request
 
-    request = with_conversation(render_request(served.bundle, served.target, user_input), served.bundle, user_input,
-                                before or [], after or [])
+    request = render_request(served.bundle, served.target, user_input)
+    before = without_the_bundles_own_part(served.bundle, user_input, request, before or [])
+    request = with_conversation(request, served.bundle, user_input, before, after or [])
     if "prompt" in request:
         request["stop"] = list(dict.fromkeys([*request.get("stop", []), *stops]))
     elif stops:
