@@ -70,8 +70,8 @@ class Settings:
     budget_calls: int = 60  # foster's optimizer budget per target per round
     max_rounds: int = 2
     synth_per_kind: int = 2
-    samples: int = 2  # teacher (and arm) samples per non-zero temperature
-    temperatures: tuple[float, ...] = (0.0, 0.7, 1.0)
+    samples: int = 1  # teacher (and arm) samples per non-zero temperature
+    temperatures: tuple[float, ...] = (0.0, 1.0)  # greedy decides fidelity; one T=1 sample feeds calibration
     holdout_fraction: float = 0.4
     threshold: float = 0.9
     knn_k: int = 4  # foster's seed k and dspy.KNNFewShot's k

@@ -42,10 +42,10 @@ HOUSE_TASK = "Rewrite the customer message as a one-line ticket summary in the s
 class Settings:
     history: int = 300  # house_style historical inputs probed
     corpus: int = 200  # re-label corpus rows
-    steps: int = 240  # LoRA step budget per adapter
-    seconds: float = 900.0
-    synthetic: int = 120
-    samples: int = 2
+    steps: int = 100  # LoRA step budget per adapter
+    seconds: float = 480.0
+    synthetic: int = 0
+    samples: int = 1
     budget_calls: int = 40
     max_rounds: int = 1
     general_per_category: int = 0  # 0: all 40 per category (120)
