@@ -21,7 +21,6 @@ from importlib import resources
 from typing import Any
 
 import jinja2
-import yaml
 
 PACKAGE = "foster.prompts"
 FOLDER = "templates"
@@ -77,6 +76,8 @@ def sources(name: str) -> dict[str, str]:
     suffix, text = _read(name)
     if suffix == ".j2":
         return {"template": text}
+    import yaml  # only where a template file is read: a bundle's own template is a string
+
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"prompt template file {name}{suffix} must hold a YAML mapping")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -127,6 +128,65 @@ def test_onnx_selects_the_neighbours_sentence_transformers_selects():
             total += 1
     assert total >= 300
     assert differing / total <= 0.01, f"{differing} of {total} queries select different neighbours"
+
+
+def test_export_is_stored_ready_to_run():
+    """The export carries the graph onnxruntime optimized once and the weights beside it (memory-
+    mapped at load), and stamps only the operator domains it uses, so older onnxruntimes load it."""
+    import onnx
+    from foster.prompts.onnx_embed import FORMAT, WEIGHTS, ensure_exported, is_exported
+
+    directory = ensure_exported()
+    assert is_exported(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT == 2 and manifest["weights_file"] == WEIGHTS
+    graph = onnx.load(str(directory / "model.onnx"), load_external_data=False)
+    assert (directory / "model.onnx").stat().st_size < 1_000_000  # the 90 MB of weights are not in it
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer if t.dims and
+               np.prod(t.dims) * 4 > 4096)
+    assert {entry.domain for entry in graph.opset_import} <= {"", "com.microsoft"}
+    assert any(node.op_type == "BiasGelu" for node in graph.graph.node)  # fused at export, not at load
+
+
+def test_an_older_export_is_used_where_no_new_one_can_be_made(tmp_path, monkeypatch, caplog):
+    from foster.prompts import onnx_embed
+
+    def no_torch(directory=None):
+        raise onnx_embed.EmbeddingUnavailable("no torch here")
+
+    monkeypatch.setattr(onnx_embed, "export", no_torch)
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "manifest.json").write_text(json.dumps({"model": "all-MiniLM-L6-v2", "dim": 384}))
+    (older / "model.onnx").write_bytes(b"an export from an earlier foster")
+    (older / "tokenizer.json").write_text("{}")
+    assert not onnx_embed.is_exported(older)
+    with caplog.at_level("WARNING"):
+        assert onnx_embed.ensure_exported(older) == older
+    assert "older export" in caplog.text
+    (older / "model.onnx").unlink()  # not an export at all: say so
+    with pytest.raises(onnx_embed.EmbeddingUnavailable):
+        onnx_embed.ensure_exported(older)
+
+
+RENDER_IMPORTS = textwrap.dedent(
+    """
+    import sys
+    from foster.prompts.bundle import Bundle
+    Bundle.load(sys.argv[1]).messages("I was charged twice this month")
+    print(sorted(m for m in ("yaml", "tiktoken", "torch", "transformers", "litellm", "dspy") if m in sys.modules))
+    """
+)
+
+
+@pytest.mark.integration
+def test_rendering_a_knn_bundle_imports_only_what_it_needs(tmp_path):
+    """A new process's first render pays for every import: none for template files (yaml), token
+    counts (tiktoken) or a model stack."""
+    path = _knn_bundle().save(tmp_path / "router")
+    done = subprocess.run([sys.executable, "-c", RENDER_IMPORTS, str(path)], capture_output=True, text=True,
+                          check=True, cwd=tmp_path)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 RUNTIME_PROBE = textwrap.dedent(
