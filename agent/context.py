@@ -96,11 +96,30 @@ class RunContext:
     @contextmanager
     def scope(self):
         """Model calls made inside (also by libraries such as DSPy) count on this run's ledger and resolve
-        names through this run's models; nothing is left installed when the block ends."""
+        names through this run's models, and a knn bundle's remote embeddings go through `embed` (caps
+        checked); nothing is left installed when the block ends."""
         from foster.agent import gateway
 
-        with gateway.use_ledger(self.ledger), gateway.use_models(self.models):
+        with gateway.use_ledger(self.ledger), gateway.use_models(self.models), self.embeddings():
             yield self
+
+    @contextmanager
+    def embeddings(self):
+        """A knn bundle rendered inside (by any node: mine, optimize, evaluate, export) sends its remote
+        embedding requests through `embed`; the graph's invocation runs in this block."""
+        from foster.prompts.embedding import use_remote_embedder
+
+        with use_remote_embedder(self.embed):
+            yield self
+
+    def embed(self, model: str, texts: list[str]) -> list:
+        """Every remote embedding request a bundle makes in the run: caps checked first, usage on the
+        run's ledger, the name resolved through the run's models (the gateway's keys and retries)."""
+        from foster.agent import gateway
+
+        self.check()
+        with gateway.use_ledger(self.ledger), gateway.use_models(self.models):
+            return gateway.embed(model, texts).vectors
 
     def complete(self, model: str, **kw):
         """Every model call a node makes: caps checked first, usage on the run's ledger."""

@@ -79,6 +79,8 @@ class BundleAdapter(dspy.Adapter):
         self.completion = completion
         self.fallback = fallback or dspy.ChatAdapter()
         self._neighbours: dict[str, list[Example]] = {}
+        # DSPy formats in its own worker threads: the run's context (its remote embedder) is restored there
+        self._context = contextvars.copy_context()
 
     @staticmethod
     def handles(signature: Any) -> bool:
@@ -112,7 +114,7 @@ class BundleAdapter(dspy.Adapter):
         if bundle.selection.kind != "knn":
             return bundle
         if user_input not in self._neighbours:
-            self._neighbours[user_input] = self.base.select_examples(user_input)
+            self._neighbours[user_input] = self._context.copy().run(self.base.select_examples, user_input)
         fixed = bundle.selection.model_copy(update={"kind": "fixed"})
         return bundle.model_copy(update={"examples": self._neighbours[user_input], "selection": fixed})
 

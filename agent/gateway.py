@@ -1,11 +1,13 @@
-"""The model gateway: every model call foster makes goes through `complete()`, i.e. through litellm.
+"""The model gateway: every model call foster makes goes through `complete()` (or `embed()`, for a knn
+bundle's remote embedding model), i.e. through litellm.
 
 Any litellm model string works; `local/...` reaches the in-process provider (embedded GGUF
 models, PEFT adapters, registered fakes). Named models (a models file: several deployments per
 name, rpm/tpm limits, weights, fallbacks) are a `Models` built per run or per server and passed to
 each call; their calls go through a litellm.Router. Endpoints and keys are never registered in
 the process nor written anywhere. Every call is counted in the process-wide `Ledger` and in any
-ledger a run installed with `use_ledger`.
+ledger a run installed with `use_ledger`; inside `use_ledger`, a bundle's remote embeddings are
+sent through `embed()` too (prompts.embedding.use_remote_embedder), so they are counted as well.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import contextvars
 import os
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -28,6 +31,7 @@ from foster.agent.local.catalog import local_models as _local_models
 __all__ = [
     "Completion",
     "Deployment",
+    "Embeddings",
     "Ledger",
     "Models",
     "ModelsFile",
@@ -35,6 +39,7 @@ __all__ = [
     "check_model",
     "complete",
     "count_tokens",
+    "embed",
     "ledger",
     "local_models",
     "model_spec",
@@ -58,6 +63,18 @@ class Completion(BaseModel):
     @property
     def text(self) -> str:
         return self.texts[0] if self.texts else ""
+
+
+@dataclass
+class Embeddings:
+    """What one `embed()` call returned: one vector per text, as the provider answered them (not
+    normalised), plus what they cost. A plain dataclass: thousands of floats are not validated."""
+
+    model: str
+    vectors: list[Any] = field(default_factory=list)
+    prompt_tokens: int = 0
+    cost: float = 0.0
+    latency_s: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,13 +238,18 @@ def process_ledger() -> Ledger:
 def use_ledger(run_ledger: Ledger | None = None) -> Iterator[Ledger]:
     """Also count calls made in this context into `run_ledger` (the process ledger still counts).
 
+    A knn bundle's remote embeddings made here go through `embed()` and count too, unless the
+    context already sends them elsewhere (a run's capped `RunContext.embed`).
     Context variables do not follow work into a plain ThreadPoolExecutor; submit
     `contextvars.copy_context().run` there to keep counting into the run's ledger.
     """
+    from foster.prompts.embedding import remote_embedder, use_remote_embedder
+
     run_ledger = run_ledger or Ledger()
     token = _RUN_LEDGERS.set((*_RUN_LEDGERS.get(), run_ledger))
     try:
-        yield run_ledger
+        with use_remote_embedder(remote_embedder() or embed_rows):
+            yield run_ledger
     finally:
         _RUN_LEDGERS.reset(token)
 
@@ -340,17 +362,28 @@ def _request(caller: str, model: str, messages: list[dict] | None, prompt: str |
     if seed is not None:
         kwargs["seed"] = seed
     if not local:
-        timeout = default_timeout() if timeout is None else timeout
         kwargs["drop_params"] = True  # e.g. a provider without `seed` still answers
+    kwargs.update(_connection(spec, routed=routed, local=local, timeout=timeout, api_base=api_base, api_key=api_key))
+    return models, spec, routed, local, kwargs
+
+
+def _connection(spec: Deployment, *, routed: bool, local: bool, timeout: float | None, api_base: str | None = None,
+                api_key: str | None = None) -> dict:
+    """Timeout, endpoint and key of one request. A remote request gets a timeout (the default unless
+    given); a direct one its deployment's endpoint and key (explicit ones win), the key read from the
+    environment now. A Router holds its deployments' own; a local model needs none."""
+    out: dict = {}
+    if not local:
+        timeout = default_timeout() if timeout is None else timeout
     if timeout is not None:
-        kwargs["timeout"] = timeout
+        out["timeout"] = timeout
     if not local and not routed:
         base, key = api_base or spec.api_base, api_key or spec.key()
         if base:
-            kwargs["api_base"] = base
+            out["api_base"] = base
         if key:
-            kwargs["api_key"] = key
-    return models, spec, routed, local, kwargs
+            out["api_key"] = key
+    return out
 
 
 def complete(
@@ -388,14 +421,20 @@ def complete(
         kwargs["max_retries"] = 0  # the provider SDK's own retries would be invisible: litellm's num_retries retries
     timeout = kwargs.get("timeout")
 
+    def send():  # the Router is built on first use, inside the try: a failure to build it is a failed call
+        caller = models.router if routed else litellm
+        if prompt is not None:  # the local provider sees text_completion and sends it verbatim
+            return caller.text_completion(prompt=prompt, **kwargs)
+        return caller.completion(messages=messages, **kwargs)
+
     start = time.perf_counter()
     counts = [0, 0]
     attempts = _ATTEMPTS.set(counts)
     try:
         if routed:
-            response = _routed(models.router, prompt, messages, kwargs, timeout)
+            response = _routed(send, timeout)
         else:
-            response = _with_retries(litellm, prompt, messages, kwargs, 0 if local else num_retries, counts)
+            response = _with_retries(litellm, send, 0 if local else num_retries, counts)
         if prompt is not None:
             texts = [c.text or "" for c in response.choices]
         else:
@@ -474,6 +513,67 @@ def stream(
             requests=1)
 
 
+def embed(model: str, texts: list[str], *, num_retries: int = 2, timeout: float | None = None,
+          models: Models | None = None) -> Embeddings:
+    """Embed `texts` with litellm embedding model `model`: one vector per text, in order.
+
+    Resolved like complete(): a routed name through its Router, a named deployment with its endpoint
+    and key variable, any other name with the provider's own key variable; timeout-bounded, retried
+    on transient failures, and counted in the ledgers, one call per request of at most REMOTE_BATCH
+    texts. `model` is a name only: nothing here takes an endpoint from the caller. A failure raises
+    EmbeddingError, one line naming the model. The in-process `local/` provider has no embeddings.
+    """
+    from foster.prompts.embedding import REMOTE_BATCH, embedding_failure, response_vectors
+
+    texts = [str(t) for t in texts]
+    models = _models(models)
+    deployments = (models.file.models.get(model) if models is not None else None) or [model_spec(model, models)]
+    if any(d.local for d in deployments):
+        raise UnknownModelError(f"{model!r}: foster's in-process local/ provider has no embedding models")
+    check_model(model, models)
+    routed = models is not None and models.routed(model)
+    spec = model_spec(model, models)
+    litellm = _litellm()
+    kwargs: dict = dict(model=model if routed else spec.model, drop_params=True,
+                        **_connection(spec, routed=routed, local=False, timeout=timeout))
+    if not routed:  # retried below, one request per litellm call, so each is counted (as in complete())
+        kwargs.update(num_retries=0, max_retries=0)
+    out = Embeddings(model=model)
+    for begin in range(0, len(texts), REMOTE_BATCH):
+        batch = texts[begin : begin + REMOTE_BATCH]
+
+        def send(batch=batch):
+            return (models.router if routed else litellm).embedding(input=batch, **kwargs)
+
+        start = time.perf_counter()
+        counts = [0, 0]
+        attempts = _ATTEMPTS.set(counts)
+        try:
+            response = _routed(send, kwargs["timeout"]) if routed else _with_retries(litellm, send, num_retries, counts)
+            rows = response_vectors(response)
+        except Exception as exc:
+            timed_out = counts[1] or int(routed and isinstance(exc, litellm.Timeout))
+            _record(model, seconds=time.perf_counter() - start, error=True, requests=max(1, counts[0]), timeouts=timed_out)
+            raise embedding_failure(model, exc) from exc
+        finally:
+            _ATTEMPTS.reset(attempts)
+        latency = time.perf_counter() - start
+        usage = getattr(response, "usage", None)
+        tokens = int(getattr(usage, "prompt_tokens", 0) or getattr(usage, "total_tokens", 0) or 0)
+        cost = _cost(litellm, response)
+        _record(model, prompt_tokens=tokens, cost=cost, seconds=latency, requests=max(1, counts[0]), timeouts=counts[1])
+        out.vectors.extend(rows)
+        out.prompt_tokens += tokens
+        out.cost += cost
+        out.latency_s += latency
+    return out
+
+
+def embed_rows(model: str, texts: list[str]) -> list[Any]:
+    """`embed()`'s vectors: what prompts.embedding sends a bundle's remote embeddings through."""
+    return embed(model, texts).vectors
+
+
 def _count_text(model: str, text: str, models: Models | None) -> int:
     """Tokens of `text`: the local model's own tokenizer when there is one, else tiktoken's o200k."""
     try:
@@ -487,17 +587,15 @@ def _count_text(model: str, text: str, models: Models | None) -> int:
     return int(counted)
 
 
-def _with_retries(litellm, prompt: str | None, messages: list[dict] | None, kwargs: dict, retries: int, counts: list[int]):
-    """One litellm call per request, retried on what a retry can fix (timeouts, lost connections, 429, 5xx),
+def _with_retries(litellm, send: Callable[[], Any], retries: int, counts: list[int]):
+    """`send()` (one litellm request) retried on what a retry can fix (timeouts, lost connections, 429, 5xx),
     so the ledger sees every request and every timeout. counts: [requests, timeouts]."""
     transient = (litellm.Timeout, litellm.APIConnectionError, litellm.RateLimitError, litellm.InternalServerError,
                  litellm.ServiceUnavailableError)
     for attempt in range(retries + 1):
         sent = counts[0]
         try:
-            if prompt is not None:  # the local provider sees text_completion and sends it verbatim
-                return litellm.text_completion(prompt=prompt, **kwargs)
-            return litellm.completion(messages=messages, **kwargs)
+            return send()
         except transient as exc:
             counts[1] += int(isinstance(exc, litellm.Timeout))
             if attempt == retries:
@@ -511,8 +609,8 @@ def _with_retries(litellm, prompt: str | None, messages: list[dict] | None, kwar
 RATE_LIMIT_WAIT_S = 600.0  # how long one call may wait for rpm/tpm capacity before it fails
 
 
-def _routed(router, prompt: str | None, messages: list[dict] | None, kwargs: dict, timeout: float | None):
-    """One call through the Router; when every deployment is at its rpm/tpm limit, wait and ask again.
+def _routed(send: Callable[[], Any], timeout: float | None):
+    """`send()`, one call through the Router; when every deployment is at its rpm/tpm limit, wait and ask again.
 
     The Router refuses (RateLimitError, no request sent) rather than queue; waiting here is what
     turns a deployment's rpm into a bound on the call rate. Limits are counted per minute, so the
@@ -524,9 +622,7 @@ def _routed(router, prompt: str | None, messages: list[dict] | None, kwargs: dic
     attempt = 0
     while True:
         try:
-            if prompt is not None:
-                return router.text_completion(prompt=prompt, **kwargs)
-            return router.completion(messages=messages, **kwargs)
+            return send()
         except litellm.RateLimitError as exc:
             if "Model rate limit exceeded" not in str(exc):
                 raise  # the provider's own 429, after the Router's retries

@@ -25,7 +25,7 @@ def validate(config: RunConfig) -> None:
                 except gateway.UnknownModelError as e:
                     raise InputError(f"{flag} {m}: {e}") from None
     check_credentials(config, run_models)
-    check_embedding_model(config)
+    check_embedding_model(config, run_models)
     if config.inputs:
         read_jsonl(config.inputs)
     if config.teacher_records:
@@ -44,25 +44,29 @@ def check_credentials(config: RunConfig, run_models) -> None:
     for flag, names in (("--teacher", [config.teacher]), ("--target", config.targets),
                         ("--generator", [config.generator]), ("--miner", [config.miner]), ("--judge", [config.judge])):
         for name in names:
-            if not name:
-                continue
-            deployments = run_models.file.models.get(name) if run_models is not None else None
-            for d in deployments or [run_models.spec(name) if run_models is not None else None]:
-                if d is None or d.local:
-                    continue
-                if d.api_key_env:
-                    if not os.environ.get(d.api_key_env):
-                        raise InputError(f"{flag} {name}: its key variable {d.api_key_env} is not set")
-                elif not d.api_base:  # a self-hosted endpoint may take no key at all
-                    missing = _missing_keys(d.model)
-                    if missing:
-                        raise InputError(f"{flag} {name}: no credentials: set {' or '.join(missing)} "
-                                         f"(or name a key variable with --api-key-env or a models file)")
+            if name:
+                _check_keys(flag, name, run_models)
 
 
-def check_embedding_model(config: RunConfig) -> None:
+def _check_keys(flag: str, name: str, run_models) -> None:
+    deployments = run_models.file.models.get(name) if run_models is not None else None
+    for d in deployments or [run_models.spec(name) if run_models is not None else None]:
+        if d is None or d.local:
+            continue
+        if d.api_key_env:
+            if not os.environ.get(d.api_key_env):
+                raise InputError(f"{flag} {name}: its key variable {d.api_key_env} is not set")
+        elif not d.api_base:  # a self-hosted endpoint may take no key at all
+            missing = _missing_keys(d.model)
+            if missing:
+                raise InputError(f"{flag} {name}: no credentials: set {' or '.join(missing)} "
+                                 f"(or name a key variable with --api-key-env or a models file)")
+
+
+def check_embedding_model(config: RunConfig, run_models=None) -> None:
     """A knn bundle's embedding other than the packaged one: a provider litellm knows, with its key in the
-    provider's own environment variable (an embedding model takes no endpoint or key variable from a run)."""
+    provider's own environment variable, or in the variable the run's models file names for it (inside a
+    run its requests go through the gateway, which resolves the name like any model's)."""
     from foster.prompts.embedding import EMBEDDING_MODEL, check_embedding_provider
 
     name = config.embedding_model
@@ -72,6 +76,11 @@ def check_embedding_model(config: RunConfig) -> None:
         check_embedding_provider(name)
     except ValueError as e:
         raise InputError(f"--embedding-model: {e}") from None
+    if run_models is not None and name in run_models:
+        if any(d.local for d in run_models.file.models[name]):
+            raise InputError(f"--embedding-model {name}: the models file maps it to local/, which has no embedding models")
+        _check_keys("--embedding-model", name, run_models)
+        return
     missing = _missing_keys(name)
     if missing:
         raise InputError(f"--embedding-model {name}: no credentials: set {' or '.join(missing)}")
@@ -160,9 +169,10 @@ def _execute_owned(run_id: str, on_event: Callable[[dict], None] | None, graph, 
     reg.update(run_id, status="running", error=None)
     reg.append_event(run_id, None, "start", "resumed" if inputs is None else "started")
     try:
-        for mode, chunk in graph.stream(inputs, cfg, stream_mode=["updates", "custom"], context=ctx):
-            if on_event:
-                on_event({"mode": mode, "chunk": chunk})
+        with ctx.embeddings():  # a knn bundle's remote embeddings: counted on the run's ledger and capped
+            for mode, chunk in graph.stream(inputs, cfg, stream_mode=["updates", "custom"], context=ctx):
+                if on_event:
+                    on_event({"mode": mode, "chunk": chunk})
     except BaseException as e:
         reg.update(run_id, status="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
         reg.append_event(run_id, None, "error", traceback.format_exc(limit=3))

@@ -9,17 +9,21 @@ checked against.
 A knn bundle may instead name any litellm embedding model (`openai/text-embedding-3-small`):
 `embedder(name)` resolves a bundle's name to the function that embeds with it. litellm is imported
 only for such a name, and it takes the provider's key from the provider's usual environment
-variable: a bundle names a model, never an endpoint or a key.
+variable: a bundle names a model, never an endpoint or a key. Inside a foster run those requests go
+through the run's model gateway instead (`use_remote_embedder`, installed by foster.agent): counted,
+capped and retried like every other model call; a team's app loading a bundle calls litellm directly.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,26 +198,68 @@ def _field(item: Any, key: str) -> Any:
     return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
 
 
+def response_vectors(response: Any) -> list[Any]:
+    """The rows of a litellm EmbeddingResponse, in input order (as answered: not checked, not normalised)."""
+    data = list(getattr(response, "data", None) or [])
+    if all(isinstance(_field(item, "index"), int) for item in data):
+        data.sort(key=lambda item: _field(item, "index"))
+    return [_field(item, "embedding") for item in data]
+
+
+def embedding_failure(name: str, exc: BaseException) -> EmbeddingError:
+    """One line naming the model: litellm's messages run to many lines, and the first says what failed."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return EmbeddingError(f"embedding model {name!r} failed: {type(exc).__name__}: {first}")
+
+
+# (model, texts) -> one vector per text, in order. At most REMOTE_BATCH texts per call.
+RemoteEmbedder = Callable[[str, list[str]], Sequence[Any]]
+
+_REMOTE_EMBEDDER: contextvars.ContextVar[RemoteEmbedder | None] = contextvars.ContextVar(
+    "foster_remote_embedder", default=None)
+
+
+@contextlib.contextmanager
+def use_remote_embedder(send: RemoteEmbedder | None) -> Iterator[RemoteEmbedder | None]:
+    """Remote embedding requests made in this context (and in contexts copied from it) are sent by
+    `send(model, texts)` instead of litellm.embedding: foster's runs install their model gateway's,
+    which counts each request on the run's ledger and stops at the run's caps. `send` gets a name
+    `check_embedding_model` accepted (never an endpoint) and its errors reach the caller unchanged.
+    Scoped: when the block ends, nothing of it is left in the process."""
+    token = _REMOTE_EMBEDDER.set(send)
+    try:
+        yield send
+    finally:
+        _REMOTE_EMBEDDER.reset(token)
+
+
+def remote_embedder() -> RemoteEmbedder | None:
+    """What this context sends remote embedding requests with (None: litellm.embedding directly)."""
+    return _REMOTE_EMBEDDER.get()
+
+
+def _send_direct(name: str, texts: list[str]) -> list[Any]:
+    """One litellm.embedding request, the key from the provider's environment variable."""
+    litellm = _litellm()
+    try:
+        response = litellm.embedding(model=name, input=texts, timeout=_timeout())
+    except Exception as exc:
+        raise embedding_failure(name, exc) from exc
+    return response_vectors(response)
+
+
 def embed_remote(name: str, texts: list[str]) -> np.ndarray:
     """Embed texts with litellm embedding model `name`: (n, dim) float32, rows L2-normalised (so a
-    dot product is a cosine, as for the packaged model). Batched; one line names the model on failure."""
+    dot product is a cosine, as for the packaged model). Batched; one line names the model on failure.
+    Sent through the context's remote embedder when one is installed (`use_remote_embedder`)."""
     check_embedding_model(name)
     texts = [str(t) for t in texts]
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    litellm = _litellm()
+    send = _REMOTE_EMBEDDER.get() or _send_direct
     rows: list[Any] = []
     for start in range(0, len(texts), REMOTE_BATCH):
-        batch = texts[start : start + REMOTE_BATCH]
-        try:
-            response = litellm.embedding(model=name, input=batch, timeout=_timeout())
-        except Exception as exc:  # litellm's messages run to many lines; the first says what failed
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise EmbeddingError(f"embedding model {name!r} failed: {type(exc).__name__}: {first}") from exc
-        data = list(response.data or [])
-        if all(isinstance(_field(item, "index"), int) for item in data):
-            data.sort(key=lambda item: _field(item, "index"))
-        rows.extend(_field(item, "embedding") for item in data)
+        rows.extend(send(name, texts[start : start + REMOTE_BATCH]))
     try:
         vectors = np.asarray(rows, dtype=np.float32)
     except (TypeError, ValueError):

@@ -83,24 +83,34 @@ def hashed_words(text: str, dim: int = 64) -> list[float]:
 def fake_embedding_provider():
     """A context manager registering `fakeembed/hashed-<dim>` in litellm.custom_provider_map (a
     CustomLLM with `embedding`/`aembedding`, as any third-party provider registers); it yields the
-    handler, whose `calls` lists the texts of each request. Unregistered on exit."""
+    handler, whose `calls` lists the texts of each request and `sent` its timeout, api_key and
+    api_base. It reports one prompt token per word; exceptions put in `fail_next` are raised by the next
+    requests, one each. Unregistered on exit."""
     import contextlib
 
     import litellm
     from litellm.llms.custom_llm import CustomLLM
+    from litellm.types.utils import Usage
     from litellm.utils import custom_llm_setup
 
     class HashedWordsEmbedding(CustomLLM):
         def __init__(self) -> None:
             super().__init__()
             self.calls: list[list[str]] = []
+            self.sent: list[dict] = []
+            self.fail_next: list[Exception] = []
 
         def embedding(self, model, input, model_response, *args, **kwargs):
             self.calls.append([str(text) for text in input])
+            self.sent.append({key: kwargs.get(key) for key in ("timeout", "api_key", "api_base")})
+            if self.fail_next:
+                raise self.fail_next.pop(0)
             dim = int(model.rsplit("-", 1)[1]) if re.fullmatch(r".*-\d+", model) else 64
             model_response.model = model
             model_response.data = [{"object": "embedding", "index": i, "embedding": hashed_words(str(text), dim)}
                                    for i, text in enumerate(input)]
+            words = sum(len(re.findall(r"[a-z0-9]+", str(text).lower())) for text in input)
+            model_response.usage = Usage(prompt_tokens=words, completion_tokens=0, total_tokens=words)
             return model_response
 
         async def aembedding(self, *args, **kwargs):

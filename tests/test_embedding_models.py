@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,10 @@ def test_a_run_mines_knn_bundles_with_the_named_embedding(provider, fake_model, 
     knn = [Bundle.load(p) for p in (RunRegistry().run_dir(run_id) / "bundles").glob("mined-knn-*.json")]
     assert knn and all(b.selection.embedding_model == b.selection.vectors.model == MODEL for b in knn)
     assert any(len(call) == 1 for call in provider.calls)  # evaluation embedded each held-out input through the fake
+    # the run's report counts those requests like any model's (the export's parity checks come after its table)
+    usage = json.loads((RunRegistry().run_dir(run_id) / "report.json").read_text())["usage"][MODEL]
+    assert 0 < usage["calls"] <= len(provider.calls) and usage["prompt_tokens"] > 0 and usage["errors"] == 0
+    assert f"| {MODEL} | {usage['calls']} |" in (RunRegistry().run_dir(run_id) / "report.md").read_text()
 
 
 def test_a_minilm_bundle_renders_without_importing_litellm(tmp_path):
@@ -201,3 +206,165 @@ def test_a_minilm_bundle_renders_without_importing_litellm(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- inside foster: a bundle's remote embeddings go through the gateway (ledger, caps, retries, models file) ---
+
+def _words(texts) -> int:
+    return sum(len(re.findall(r"[a-z0-9]+", t.lower())) for t in texts)
+
+
+def _run_context(run_id: str, **config):
+    from foster.agent.config import RunConfig
+    from foster.agent.context import RunContext
+    from foster.store.runs import RunRegistry
+
+    RunRegistry().create(run_id, RunConfig(teacher="local/fake-teacher", targets=["local/fake-target"],
+                                           task="Route the ticket.", embedding_model=MODEL, **config).model_dump(),
+                         status="running")
+    return RunContext.open(run_id)
+
+
+def test_inside_a_ledger_a_knn_bundles_embeddings_are_gateway_calls_on_it(provider):
+    from foster.agent import gateway
+
+    bundle = _bundle()
+    with gateway.use_ledger() as run_ledger:
+        chosen = [bundle.select_examples(query) for query in QUERIES[:2]]
+    assert chosen == [_nearest_directly(bundle.examples, query, 3) for query in QUERIES[:2]]  # the same neighbours
+    usage = run_ledger.snapshot()
+    assert set(usage) == {MODEL}
+    pool = [e.input for e in bundle.examples]
+    assert provider.calls == [pool, [QUERIES[0]], [QUERIES[1]]]
+    counted = usage[MODEL]
+    assert (counted["calls"], counted["requests"], counted["errors"], counted["completion_tokens"]) == (3, 3, 0, 0)
+    assert counted["prompt_tokens"] == _words(pool + QUERIES[:2]) > 0  # the provider's reported usage
+    assert counted["seconds"] > 0
+    assert gateway.process_ledger().snapshot()[MODEL]["calls"] == 3
+    assert all(sent["timeout"] == gateway.default_timeout() for sent in provider.sent)  # bounded, as gateway calls are
+
+
+def test_outside_foster_a_bundle_calls_litellm_directly_and_nothing_is_left_installed(provider):
+    from foster.agent import gateway
+    from foster.prompts.embedding import remote_embedder
+
+    bundle = _bundle()
+    with gateway.use_ledger():
+        assert remote_embedder() is not None
+    assert remote_embedder() is None  # the block took its embedder with it
+    assert bundle.select_examples(QUERIES[0]) == _nearest_directly(bundle.examples, QUERIES[0], 3)
+    assert len(provider.calls) == 2
+    assert MODEL not in gateway.process_ledger().snapshot()  # the direct path: no gateway, no ledger
+
+
+def test_a_runs_call_cap_stops_its_embedding_requests(provider):
+    from foster.agent.context import StopRun
+
+    ctx = _run_context("capped", max_calls=3)
+    bundle = _bundle()
+    with ctx.embeddings():
+        bundle.select_examples(QUERIES[0])  # the pool, then the input: 2 calls
+        bundle.select_examples(QUERIES[1])  # 3
+        with pytest.raises(StopRun, match=r"call cap reached \(3 >= 3\)"):
+            bundle.select_examples(QUERIES[2])
+    assert len(provider.calls) == 3  # the refused request was never sent
+    usage = ctx.usage()
+    assert usage[MODEL]["calls"] == 3 and usage[MODEL]["prompt_tokens"] == _words(
+        [e.input for e in bundle.examples] + QUERIES[:2])
+
+
+def test_a_runs_token_cap_counts_the_embedding_models_tokens(provider):
+    from foster.agent.context import StopRun
+
+    ctx = _run_context("token-capped", max_tokens=5)
+    bundle = _bundle()
+    with ctx.scope():  # DSPy's block: the same capped embedder as the graph's
+        with pytest.raises(StopRun, match="token cap reached"):
+            bundle.select_examples(QUERIES[0])  # the pool is far more than 5 words; the input is refused
+    assert len(provider.calls) == 1
+
+
+def test_a_timed_out_embedding_request_is_retried_and_counted(provider, monkeypatch):
+    import litellm
+
+    from foster.agent import gateway
+
+    monkeypatch.setenv("FOSTER_TIMEOUT", "7")
+    provider.fail_next = [litellm.Timeout(message="slow", model=MODEL, llm_provider=fakes.EMBEDDING_PROVIDER)]
+    with gateway.use_ledger() as run_ledger:
+        vectors = _bundle(examples=_pool(4))._embed(["refund the duplicate payment"])
+    assert vectors.shape == (1, 64)
+    counted = run_ledger.snapshot()[MODEL]
+    assert (counted["calls"], counted["requests"], counted["retries"], counted["timeouts"]) == (1, 2, 1, 1)
+    assert [sent["timeout"] for sent in provider.sent] == [7.0, 7.0]
+
+
+def test_a_failed_embedding_request_is_one_line_and_an_error_on_the_ledger(provider):
+    import litellm
+
+    from foster.agent import gateway
+    from foster.prompts.embedding import EmbeddingError
+
+    provider.fail_next = [litellm.BadRequestError(message="the provider refused\nwith a long story", model=MODEL,
+                                                  llm_provider=fakes.EMBEDDING_PROVIDER)]
+    with gateway.use_ledger() as run_ledger, pytest.raises(EmbeddingError) as info:
+        _bundle()._embed(["refund"])
+    message = str(info.value)
+    assert "\n" not in message and MODEL in message and "the provider refused" in message, message
+    assert run_ledger.snapshot()[MODEL]["errors"] == 1 and len(provider.calls) == 1  # not a transient error: no retry
+
+
+def test_a_models_file_name_resolves_to_its_deployment_and_key(provider, monkeypatch):
+    from foster.agent import gateway
+
+    alias = f"{fakes.EMBEDDING_PROVIDER}/team-64"  # a name in the models file, as a bundle carries it
+    monkeypatch.setenv("TEAM_EMBED_KEY", "sk-team")
+    models = gateway.Models(gateway.ModelsFile.parse(
+        {"models": {alias: [{"model": MODEL, "api_key_env": "TEAM_EMBED_KEY"}]}}))
+    bundle = _bundle(model=alias, examples=_pool(5))
+    with gateway.use_ledger() as run_ledger, gateway.use_models(models):
+        bundle.select_examples(QUERIES[0])
+    assert provider.sent and all(sent["api_key"] == "sk-team" for sent in provider.sent)
+    assert run_ledger.snapshot()[alias]["calls"] == 2
+
+
+def test_a_local_model_is_refused_as_an_embedding_model(provider):
+    from foster.agent import gateway
+
+    models = gateway.Models(gateway.ModelsFile.parse({"models": {"team/embed": ["local/smollm2-135m-instruct"]}}))
+    with pytest.raises(gateway.UnknownModelError, match="no embedding models"):
+        gateway.embed("team/embed", ["x"], models=models)
+    assert provider.calls == []
+
+
+def test_dspy_worker_threads_embed_through_the_context_the_adapter_was_made_in(provider):
+    import threading
+
+    from foster.agent import gateway
+    from foster.agent.dspy_adapter import BundleAdapter
+
+    bundle = _bundle(examples=_pool(6))
+    with gateway.use_ledger() as run_ledger:
+        adapter = BundleAdapter(bundle)
+    worker = threading.Thread(target=adapter._retrieved, args=(bundle, QUERIES[0]))  # a fresh context, as DSPy's
+    worker.start()
+    worker.join()
+    assert run_ledger.snapshot()[MODEL]["calls"] == 2 and len(provider.calls) == 2
+
+
+def test_a_run_checks_a_models_file_embedding_names_own_key_variable(provider, monkeypatch):
+    from foster.agent import gateway
+    from foster.agent.config import InputError, RunConfig
+    from foster.agent.runs import check_embedding_model
+
+    alias = f"{fakes.EMBEDDING_PROVIDER}/team-64"
+    config = RunConfig(teacher="local/fake-teacher", targets=["local/fake-target"], embedding_model=alias)
+    models = gateway.Models(gateway.ModelsFile.parse({"models": {alias: [{"model": MODEL, "api_key_env": "TEAM_EMBED_KEY"}]}}))
+    monkeypatch.delenv("TEAM_EMBED_KEY", raising=False)
+    with pytest.raises(InputError, match="--embedding-model .*TEAM_EMBED_KEY is not set"):
+        check_embedding_model(config, models)
+    monkeypatch.setenv("TEAM_EMBED_KEY", "sk-team")
+    check_embedding_model(config, models)
+    local = gateway.Models(gateway.ModelsFile.parse({"models": {alias: ["local/smollm2-135m-instruct"]}}))
+    with pytest.raises(InputError, match="no embedding models"):
+        check_embedding_model(config, local)
