@@ -111,7 +111,8 @@ def _start(config: dict) -> tuple[str, dict]:
     return run_id, json.loads((RunRegistry().run_dir(run_id) / "report.json").read_text())
 
 
-def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save) -> dict:
+def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save, out: dict | None = None) -> dict:
+    """Fills `out` (the result's own section) stage by stage, so every save() keeps what was measured."""
     hs = EXAMPLES / "house_style"
     config = {"teacher": f"local/smollm2-135m-instruct@{hs / 'teacher'}", "targets": list(targets),
               "inputs": _subset(hs / "data" / "history.jsonl", s.history, tmp / "history.jsonl"), "task": HOUSE_TASK,
@@ -121,8 +122,9 @@ def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save) -> dict:
               "run_id": f"bench-freetext-{time.strftime('%Y%m%d-%H%M%S')}"}
     t0 = time.time()
     run_id, report = _start(config)
-    out: dict[str, Any] = {"run_id": run_id, "wall_s_run": round(time.time() - t0, 1), "held_out": report.get("held_out"),
-                           "train": report.get("train"), "fidelity_method": report.get("fidelity_method"), "targets": {}}
+    out = {} if out is None else out
+    out.update({"run_id": run_id, "wall_s_run": round(time.time() - t0, 1), "held_out": report.get("held_out"),
+                "train": report.get("train"), "fidelity_method": report.get("fidelity_method"), "targets": {}})
     for t in targets:
         tr = report["targets"].get(t) or {}
         ft = tr.get("freetext") or {}
@@ -140,7 +142,8 @@ def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save) -> dict:
     return out
 
 
-def relabel(s: Settings, target: str, tmp: Path, save) -> dict:
+def relabel(s: Settings, target: str, tmp: Path, save, out: dict | None = None) -> dict:
+    """Fills `out` (the result's own section) stage by stage, so every save() keeps what was measured."""
     tr = EXAMPLES / "ticket_routing"
     demo = json.loads((tr / "demo.json").read_text())
     config = {"train_data": _subset(tr / "data" / "train.jsonl", s.corpus, tmp / "corpus.jsonl"), "targets": [target],
@@ -152,13 +155,14 @@ def relabel(s: Settings, target: str, tmp: Path, save) -> dict:
     t0 = time.time()
     run_id, report = _start(config)
     t_rep = report["targets"].get(target) or {}
-    out: dict[str, Any] = {"run_id": run_id, "wall_s_run": round(time.time() - t0, 1), "target": target,
-                           "held_out": report.get("held_out"), "train": report.get("train"),
-                           "fidelity_method": report.get("fidelity_method"),
-                           "disagreements_listed": len(report.get("disagreements") or []),
-                           "zero-shot": (t_rep.get("zero_shot") or {}).get("fidelity"),
-                           "best bundle": (t_rep.get("best") or {}).get("fidelity"),
-                           "best variant": (t_rep.get("best") or {}).get("variant")}
+    out = {} if out is None else out
+    out.update({"run_id": run_id, "wall_s_run": round(time.time() - t0, 1), "target": target,
+                "held_out": report.get("held_out"), "train": report.get("train"),
+                "fidelity_method": report.get("fidelity_method"),
+                "disagreements_listed": len(report.get("disagreements") or []),
+                "zero-shot": (t_rep.get("zero_shot") or {}).get("fidelity"),
+                "best bundle": (t_rep.get("best") or {}).get("fidelity"),
+                "best variant": (t_rep.get("best") or {}).get("variant")})
     save()
     out["lora mix 0.4"] = _lora(run_id, target=target, steps=s.steps, seconds=s.seconds, mix=0.4, labels="agree")
     save()
@@ -274,14 +278,15 @@ def run(quick: bool | None = None, targets: tuple[str, ...] | list[str] = TARGET
         if "house_style" in parts:
             result["house_style"] = {}
             try:
-                result["house_style"] = house_style(s, targets, tmp, save)
+                house_style(s, targets, tmp, save, result["house_style"])
             except Exception as e:
                 traceback.print_exc()
                 result["house_style"] = {"error": f"{type(e).__name__}: {e}"}
             save()
         if "relabel" in parts:
+            result["relabel"] = {}
             try:
-                result["relabel"] = relabel(s, targets[0], tmp, save)
+                relabel(s, targets[0], tmp, save, result["relabel"])
             except Exception as e:
                 traceback.print_exc()
                 result["relabel"] = {"error": f"{type(e).__name__}: {e}"}

@@ -60,3 +60,30 @@ def test_compare_harness_on_fakes(tmp_path, fake_model):
     md = next((tmp_path / "results").glob("*.md")).read_text()
     assert "| fake_routing | fake-target | foster (" in md and "dspy-knn" in md and "shipped_vs_copy" in md
     assert target_backend.calls > 0 and other_backend.calls > 0
+
+
+def test_freetext_saves_each_stage_as_it_is_measured(tmp_path, monkeypatch):
+    """A stopped bench.freetext keeps what it measured: every save() after the run and after each
+    adapter writes that section's figures (they used to be attached only when the part returned)."""
+    import json as _json
+
+    from bench import freetext
+
+    saved: list[dict] = []
+    monkeypatch.setattr(freetext, "_start", lambda config: ("run-1", {"held_out": 10, "train": 20, "targets": {}}))
+
+    def lora(run_id, **options):
+        saved.append(_json.loads(next(tmp_path.glob("freetext-*.json")).read_text()))
+        if options.get("mix") == 0.0:
+            raise KeyboardInterrupt  # stopped in the middle of the second adapter
+        return {"fidelity": 0.5, "status": "done"}
+
+    monkeypatch.setattr(freetext, "_lora", lora)
+    settings = freetext.Settings(corpus=10, general_per_category=0)
+    try:
+        freetext.run(False, ("local/fake",), settings, ("relabel",), out_dir=tmp_path)
+    except KeyboardInterrupt:
+        pass
+    first, second = saved
+    assert first["relabel"]["run_id"] == "run-1" and first["relabel"]["held_out"] == 10
+    assert second["relabel"]["lora mix 0.4"]["fidelity"] == 0.5
