@@ -36,6 +36,9 @@ def serve_runs_in_process() -> bool:
     return pg.url() is None
 
 
+START_TRIES = 3  # a run whose start fails (a deadlock, a dropped connection) is taken again this often
+
+
 def next_run() -> str | None:
     """The oldest pending run that no live process holds (its lease absent or stale)."""
     from foster.store import leases, queue
@@ -55,6 +58,7 @@ class Worker:
         self.on_event = on_event or (lambda kind, run_id, detail: log.info("%s %s %s", kind, run_id, detail))
         self._stop = threading.Event()
         self.executed: list[str] = []
+        self._failed_starts: dict[str, int] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,6 +85,15 @@ class Worker:
             return None  # another worker acquired it between our look and our take
         except Exception as exc:  # execute wrote status=failed and the traceback into the run's events
             self.on_event("failed", run_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            status = registry.get(run_id)
+            tries = self._failed_starts[run_id] = self._failed_starts.get(run_id, 0) + 1
+            if status is not None and status.status == "queued" and tries < START_TRIES:
+                # it failed before the run began (the database, the checkpointer): the run itself
+                # never started, so it stays in the queue for the next take instead of being lost
+                return None
+            if status is not None and status.status == "queued":
+                registry.update(run_id, status="failed", error=f"could not start after {tries} tries: "
+                                f"{type(exc).__name__}: {exc}".splitlines()[0], finished_at=time.time())
         status = registry.get(run_id)
         queue.finish(run_id)
         self.executed.append(run_id)

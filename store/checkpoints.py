@@ -20,7 +20,9 @@ def checkpointer(home: Path | None = None):
         conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
         saver = PostgresSaver(conn)
         # several workers starting at once would race on the migrations: one at a time
-        conn.execute("SELECT pg_advisory_lock(727151)")
+        from foster.store.pg import advisory_lock
+
+        advisory_lock(conn, 727151)
         try:
             saver.setup()
         finally:

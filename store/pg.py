@@ -47,6 +47,22 @@ def url() -> str | None:
     return os.environ.get(ENV) or None
 
 
+def advisory_lock(conn, key: int, poll_s: float = 0.05) -> None:
+    """Take a session advisory lock without waiting inside a statement.
+
+    A blocked `SELECT pg_advisory_lock()` is an open transaction with a snapshot, and the
+    checkpointer's migrations run CREATE INDEX CONCURRENTLY, which waits for every such transaction:
+    two workers starting at once deadlocked there (one holds the lock and waits for the other's
+    statement, the other's statement waits for the lock). Each try here ends at once."""
+    import time
+
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (key,)).fetchone()
+        if row["locked"] if isinstance(row, dict) else row[0]:  # the checkpointer's connection has dict rows
+            return
+        time.sleep(poll_s)
+
+
 @contextlib.contextmanager
 def connect() -> Iterator:
     """A short-lived autocommit connection to FOSTER_POSTGRES_URL, schema ensured once per process."""
@@ -62,7 +78,7 @@ def connect() -> Iterator:
             with _ready_lock:
                 if target not in _ready:
                     # concurrent first use by several workers: serialise the DDL on an advisory lock
-                    conn.execute("SELECT pg_advisory_lock(727150)")
+                    advisory_lock(conn, 727150)
                     try:
                         conn.execute(_SCHEMA)
                     finally:

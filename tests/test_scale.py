@@ -308,3 +308,31 @@ def test_embedded_default_queues_to_a_worker_thread(fake_model, tmp_path, monkey
     assert seen == [("take", run_id, "start"), ("finished", run_id, "done")]
     assert (tmp_path / "foster-home" / "checkpoints.sqlite").exists()  # SQLite, on-disk Chroma: no server
     assert (tmp_path / "foster-home" / "chroma").is_dir()
+
+
+def test_a_run_whose_start_fails_stays_queued_and_is_taken_again(monkeypatch):
+    """Two workers starting at once once hit a Postgres deadlock before the run began; the worker
+    finished the queue entry and the run was lost, 'queued' forever. A failed start is retried, and
+    after a few tries the run says why it failed instead of vanishing."""
+    from foster.agent import runs, worker
+    from foster.store import queue
+    from foster.store.runs import RunRegistry
+
+    registry = RunRegistry()
+    for run_id in ("flaky", "broken"):
+        registry.create(run_id, {}, status="queued")
+        queue.enqueue(run_id)
+    calls = {"flaky": 0, "broken": 0}
+
+    def execute(run_id):
+        calls[run_id] += 1
+        if run_id == "broken" or calls[run_id] == 1:
+            raise RuntimeError("DeadlockDetected: deadlock detected")
+        registry.update(run_id, status="done")
+
+    monkeypatch.setattr(runs, "execute", execute)
+    w = worker.Worker(poll_s=0.01, on_event=lambda *a: None)
+    w.run(exit_when_idle=True)
+    assert calls["flaky"] == 2 and registry.get("flaky").status == "done"
+    assert calls["broken"] == worker.START_TRIES and registry.get("broken").status == "failed"
+    assert "could not start" in registry.get("broken").error and queue.pending() == []
