@@ -64,6 +64,24 @@ class Postgres:
         shutil.rmtree(self.data.parent, ignore_errors=True)
 
 
+def wait_until_up(proc: subprocess.Popen, health_url: str, log: Path, what: str, timeout: float) -> None:
+    """Until `health_url` answers 200; a server that exits or stays silent is killed and its log's tail raised."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-1000:]}")
+        try:
+            if httpx.get(health_url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{what} did not answer within {timeout:.0f} s: {log.read_text()[-1000:]}")
+
+
 @dataclass
 class Chroma:
     url: str
@@ -72,7 +90,6 @@ class Chroma:
 
     @classmethod
     def start(cls) -> Chroma:
-        import httpx
 
         exe = Path(sys.executable).with_name("chroma")
         if not exe.exists():
@@ -82,17 +99,8 @@ class Chroma:
         proc = subprocess.Popen([str(exe), "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(path / "db")],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"chroma run exited: {(path / 'server.log').read_text()[-500:]}")
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    return cls(url=url, proc=proc, path=path)
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        proc.kill()
-        raise RuntimeError("chroma run did not answer within 60 s")
+        wait_until_up(proc, f"{url}/api/v2/heartbeat", path / "server.log", "chroma run", 60)
+        return cls(url=url, proc=proc, path=path)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -114,7 +122,6 @@ class FosterServe:
 
     @classmethod
     def start(cls, home: Path, timeout: float = 120.0) -> FosterServe:
-        import httpx
 
         exe = Path(sys.executable).with_name("foster")
         port, log = free_port(), Path(tempfile.mkdtemp(prefix="foster-serve-")) / "serve.log"
@@ -124,18 +131,8 @@ class FosterServe:
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"foster serve exited: {log.read_text()[-1000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return cls(url=url, proc=proc, log=log)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        proc.kill()
-        raise RuntimeError(f"foster serve did not answer within {timeout:.0f} s: {log.read_text()[-1000:]}")
+        wait_until_up(proc, f"{url}/healthz", log, "foster serve", timeout)
+        return cls(url=url, proc=proc, log=log)
 
     def stop(self) -> None:
         self.proc.terminate()

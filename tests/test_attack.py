@@ -381,6 +381,10 @@ def _no_calls_no_runs(counted):
     (["--max-tokens", "0"], "--max-tokens"),
     (["--max-cost", "-1"], "--max-cost"),
     (["--task", "classify tickets, api_key=sk-abcdefghijklmnopqrstuvwxyz123456"], "--task"),
+    (["--holdout-fraction", "nan"], "--holdout-fraction"),
+    (["--holdout-fraction", "0.95"], "--holdout-fraction"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens"),
     (["--primary-metric", "bogus"], "--primary-metric"),
     (["--primary-metric", "structure", "--fidelity", "judge"], "--primary-metric"),
 ])

@@ -106,18 +106,25 @@ def test_synthetic_probes_come_on_top_of_the_history(tmp_path, fake_model):
     assert g_backend.calls == 10  # 5 kinds × 2, asked before the cap, not cut after
 
 
-def test_concurrency_bound_is_respected(tmp_path, fake_model, monkeypatch):
+def _counting_in_flight(answer):
+    """`answer` slowed down, with the most calls in flight at once in `seen["max"]`."""
     lock = threading.Lock()
     seen = {"now": 0, "max": 0}
 
-    def slow_teacher(req):
+    def slow(req):
         with lock:
             seen["now"] += 1
             seen["max"] = max(seen["max"], seen["now"])
         time.sleep(0.05)  # long enough for the pool's other workers to be in flight too
         with lock:
             seen["now"] -= 1
-        return fakes.teacher(req)
+        return answer(req)
+
+    return slow, seen
+
+
+def test_concurrency_bound_is_respected(tmp_path, fake_model, monkeypatch):
+    slow_teacher, seen = _counting_in_flight(fakes.teacher)
 
     from foster.agent import gateway
 
@@ -171,17 +178,7 @@ def test_evaluation_runs_target_calls_concurrently_in_order_and_asks_nothing_twi
     from foster.agent.evaluate import AnswerCache, evaluate_variant
     from foster.prompts.bundle import Bundle
 
-    lock = threading.Lock()
-    seen = {"now": 0, "max": 0}
-
-    def slow_target(req):
-        with lock:
-            seen["now"] += 1
-            seen["max"] = max(seen["max"], seen["now"])
-        time.sleep(0.05)
-        with lock:
-            seen["now"] -= 1
-        return fakes.teacher(req)  # the right label for every input: order is checkable
+    slow_target, seen = _counting_in_flight(fakes.teacher)  # the right label for every input: order is checkable
 
     monkeypatch.setenv("FOSTER_LOCAL_CONCURRENCY", "3")
     target, backend = fake_model(slow_target, "slow-target")
