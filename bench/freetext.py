@@ -49,6 +49,7 @@ class Settings:
     budget_calls: int = 40
     max_rounds: int = 1
     general_per_category: int = 0  # 0: all 40 per category (120)
+    adapters: str = "all"  # which targets get an adapter: "all", or one target's name (no pilot run then)
     holdout_fraction: float = 0.4
     seed: int = 0
 
@@ -133,10 +134,10 @@ def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save, out: dic
                              "zero-shot": _arm(tr.get("zero_shot")),
                              "best bundle": {**_arm(tr.get("best")), "variant": (tr.get("best") or {}).get("variant")}}
     save()
-    for t in targets:
+    for t in targets if s.adapters == "all" else [s.adapters]:
         out["targets"][t]["lora"] = _lora(run_id, target=t, steps=s.steps, seconds=s.seconds, synthetic=s.synthetic)
         save()
-    if len(targets) > 1:  # no --target: the pilot decides
+    if len(targets) > 1 and s.adapters == "all":  # no --target: the pilot decides
         out["pilot_run"] = _lora(run_id, steps=s.steps, seconds=s.seconds, synthetic=s.synthetic)
         save()
     return out
@@ -309,10 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history", type=int)
     p.add_argument("--corpus", type=int)
     p.add_argument("--steps", type=int)
+    p.add_argument("--seconds", type=float, help="LoRA training time cap per adapter")
+    p.add_argument("--adapters", help="train an adapter on this target only (default: every target, then a pilot run)")
     p.add_argument("--parts", nargs="+", default=["house_style", "relabel"], choices=["house_style", "relabel"])
     a = p.parse_args(argv)
     s = QUICK if a.quick else FULL
-    changes = {k: v for k, v in (("history", a.history), ("corpus", a.corpus), ("steps", a.steps)) if v}
+    if a.adapters and a.adapters not in a.targets:
+        p.error(f"--adapters {a.adapters!r} is not one of --targets")
+    changes = {k: v for k, v in (("history", a.history), ("corpus", a.corpus), ("steps", a.steps),
+                                 ("seconds", a.seconds), ("adapters", a.adapters)) if v}
     s = Settings(**{**asdict(s), **changes})
     run(a.quick, tuple(a.targets), s, tuple(a.parts))
     return 0
