@@ -205,13 +205,19 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
                        for cl, v in by_cl.items()), key=lambda c: c["fidelity"])
     divergent = [c for c in clusters if c["fidelity"] < 1][:3]
     copy = nearest_copy(train, held, spec)
-    copy_scores, _ = _score(ctx, kind, inventory, copy, refs, inputs) if ctx.config.fidelity != "judge" else ([], "")
+    copy_scores, copy_method = _score(ctx, kind, inventory, copy, refs, inputs) if ctx.config.fidelity != "judge" else ([], "")
+    copy_panel = None
+    if free and copy_scores:  # the copy read under the same metric as the variants beside it
+        sims = copy_scores if copy_method.startswith("embedding") else None
+        copy_panel, copy_scores = freetext.copy_panel(ctx, free, copy, refs, sims)
     top = max(results, key=lambda r: r["fidelity"])
     for r in results:  # paired differences on the same held-out probes, each with its own interval
         r["vs_best"] = metrics.paired_difference(r["_scores"], top["_scores"])
         if copy_scores and kind == "closed":
             r["vs_copy"] = metrics.paired_difference(r["_scores"], copy_scores)
     copy_figure = metrics.fidelity_interval(copy_scores, scorer_exact) if copy_scores else None
+    if copy_panel:
+        copy_figure = copy_panel[copy_panel["primary"] if free.get("scores_verdict") else "similarity"]
     copy_words = copy_verdict(best, copy_figure) if kind == "closed" else None
     for r in results:
         columns.append({"key": f"{target}::{r['variant']}", "target": target, "variant": r["variant"],
@@ -227,7 +233,7 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
         "zero_shot": strip(zero) if zero else None,
         "hand_written": strip(next((r for r in results if r["variant"] == "hand-written"), {})) or None,
         "nearest_copy": {"fidelity": round(metrics.mean(copy_scores), 4) if copy_scores else None,
-                         "interval": copy_figure, "verdict": copy_words,
+                         "interval": copy_figure, "verdict": copy_words, "freetext": copy_panel,
                          "note": "the nearest train probe's teacher answer, copied with no LLM"},
         "selection": selection, "rejected": rejected,
         "best": strip(best), "variants": [strip(r) for r in results],

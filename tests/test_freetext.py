@@ -214,6 +214,10 @@ def test_free_text_run_reports_its_panel_and_the_configured_primary_metric_decid
     assert best["freetext"]["structure"]["value"] == 1.0 and best["freetext"]["similarity"]["value"] > 0.8
     assert report["verdict"] == "plateau below threshold"
     assert report["ceiling"] == ft["ceiling"]["exact"] and "primary metric (exact)" in report["ceiling_method"]
+    # the no-LLM copy is read under the same primary metric, never by similarity beside an exact figure
+    copy = t["nearest_copy"]
+    assert copy["fidelity"] == copy["freetext"]["exact"]["value"] == copy["interval"]["value"]
+    assert copy["interval"]["method"] == "wilson" and copy["freetext"]["similarity"]["value"] >= copy["fidelity"]
     # report.md: the panel, with its intervals, the primary metric and why, the warning, calibration, hedging
     assert "## Free-text fidelity" in md
     panel = md[md.index("## Free-text fidelity"):]
@@ -222,6 +226,7 @@ def test_free_text_run_reports_its_panel_and_the_configured_primary_metric_decid
     assert re.search(r"\| 0\.000 \[0\.000, 0\.\d{3}\] \| 1\.000 \[0\.\d{3}, 1\.000\] \| 0\.\d{3} \[", panel)
     assert "flatters" in panel and "exact agreement is 0.000" in panel
     assert "Jensen–Shannon divergence between meaning classes" in panel
+    assert "| nearest recorded answer, no LLM | " in panel
     assert re.search(r"\| teacher \(samples\) \| \| \| \| \| 0\.000 \| 0\.000 \| \d+ samples \|", panel)
     # the CLI's summary: the primary metric's figure with its interval and n
     n = best["freetext"]["exact"]["n"]
