@@ -85,6 +85,7 @@ def _adapter(section: dict) -> dict:
             "error": section.get("error"), "general_agreement": g.get("agreement"), "general_interval": g.get("interval"),
             "general_cost_points": g.get("cost_points"), "general_cost_interval": g.get("cost_interval"),
             "general_n": g.get("n"), "plain_sampled_agreement": g.get("plain_sampled_agreement"),
+            "general_beyond_noise": g.get("beyond_noise_points"), "general_beyond_noise_interval": g.get("beyond_noise_interval"),
             "training": {k: (section.get("training") or {}).get(k) for k in ("step", "seconds", "stop_reason", "loss")},
             "data": {k: (section.get("data") or {}).get(k) for k in ("rows", "by_source", "general_fraction")},
             "relabel": {k: v for k, v in ((section.get("data") or {}).get("relabel") or {}).items() if k != "disagreements"},
@@ -182,6 +183,12 @@ def _g(x, nd=3) -> str:
     return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, (int, float)) else str(x))
 
 
+def _noise(a: dict) -> str:
+    """The general-capability cost beyond the plain target's own sampling noise, with its paired interval."""
+    b, iv = a.get("general_beyond_noise"), a.get("general_beyond_noise_interval")
+    return "" if b is None else f"; {b:+.1f} [{iv[0]:+.1f}, {iv[1]:+.1f}] beyond noise"
+
+
 def markdown(r: dict) -> str:
     out = [f"# Free-text teachers and the re-label path — {r['date']} ({r['mode']})", "",
            f"Command: `{r['command']}`; settings {r['settings']}; machine {r['machine']['cpus']} CPUs, load "
@@ -198,7 +205,7 @@ def markdown(r: dict) -> str:
             for arm in ("zero-shot", "best bundle", "lora"):
                 a = v.get(arm) or {}
                 cost = (f"{a['general_cost_points']:.1f} [{a['general_cost_interval'][0]:.1f}, {a['general_cost_interval'][1]:.1f}] "
-                        f"n={a.get('general_n')}" if a.get("general_cost_points") is not None else "–")
+                        f"n={a.get('general_n')}" if a.get("general_cost_points") is not None else "–") + _noise(a)
                 label = arm + (f" ({a.get('variant')})" if a.get("variant") else "") + \
                     (f" ({a['training']['step']} steps)" if arm == "lora" and a.get("training", {}).get("step") else "")
                 if a.get("status") == "failed":
@@ -234,7 +241,7 @@ def markdown(r: dict) -> str:
                 continue
             gi = a.get("general_interval") or [None, None]
             out.append(f"| {arm} (--labels agree) | {_g(a.get('fidelity'))} | {_g(a.get('general_agreement'))} "
-                       f"[{_g(gi[0])}, {_g(gi[1])}] n={a.get('general_n')} | {_g(a.get('general_cost_points'), 1)} | "
+                       f"[{_g(gi[0])}, {_g(gi[1])}] n={a.get('general_n')} | {_g(a.get('general_cost_points'), 1)}{_noise(a)} | "
                        f"{(a.get('training') or {}).get('step')} steps, {(a.get('data') or {}).get('by_source')}"
                        + (f" — failed: {a.get('error')}" if a.get("status") == "failed" else "") + " |")
         rel = (rl.get("lora mix 0.4") or {}).get("relabel") or {}

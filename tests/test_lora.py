@@ -336,7 +336,11 @@ def test_lora_node_serves_the_adapter_it_trained_on_the_real_base(tmp_path, fake
     assert lo["fidelity"] > plain, (lo["fidelity"], plain)
     assert lo["beats_best_bundle"] == (lo["fidelity"] > 0.5)
     assert (update["best"].get("adapter") == str(adapter)) == lo["beats_best_bundle"]
-    assert 0 <= lo["general_capability"]["agreement"] <= 1 and lo["general_capability"]["n"] == 6
+    g = lo["general_capability"]
+    assert 0 <= g["agreement"] <= 1 and g["n"] == 6
+    # the cost beyond noise is the plain target's own sampled agreement minus the adapter's, prompt by prompt
+    assert g["beyond_noise_interval"][0] <= g["beyond_noise_points"] <= g["beyond_noise_interval"][1]
+    assert abs(g["beyond_noise_points"] - 100 * (g["plain_sampled_agreement"] - g["agreement"])) <= 0.2
 
     status = json.loads((job / "job.json").read_text())
     assert status["status"] == "done" and status["step"] == 12

@@ -81,7 +81,8 @@ def general_capability(ctx: RunContext, target: str, model: str, max_tokens: int
     """Target + adapter against the plain target on the fixed general prompts, greedy, as agreement with
     the plain target's own answers (embedding cosine, bootstrap interval over prompts; exact match
     beside it), overall and per category. `cost_points` is what the adapter cost: 100 × (1 − agreement);
-    the plain target's own T=0.7 sample against its greedy answer is the scale sampling noise alone gives."""
+    the plain target's own T=0.7 sample against its greedy answer is the scale sampling noise alone gives, and
+    `beyond_noise_points` the paired difference between the two (points the adapter moved past that noise)."""
     items = general_prompts()
     plain, adapted, sampled = [], [], []
     for n, (_, p) in enumerate(items):
@@ -96,10 +97,15 @@ def general_capability(ctx: RunContext, target: str, model: str, max_tokens: int
     sims = metrics.text_similarity(adapted, plain)
     own = metrics.text_similarity(sampled, plain)
     agreement = metrics.fidelity_interval(sims, exact=False, seed=ctx.config.seed)
+    # what the adapter moved beyond what sampling alone moves: the plain target's own T=0.7 answer against its
+    # greedy one, prompt by prompt; a positive figure is a change sampling noise does not explain
+    beyond = metrics.paired_difference(own, sims, seed=ctx.config.seed)
     by_cat = {c: round(metrics.mean(s for (k, _), s in zip(items, sims) if k == c), 4) for c in GENERAL_CATEGORIES}
     return {"agreement": agreement["value"], "interval": [agreement["low"], agreement["high"]],
             "cost_points": round(100 * (1 - agreement["value"]), 1),
             "cost_interval": [round(100 * (1 - agreement["high"]), 1), round(100 * (1 - agreement["low"]), 1)],
+            "beyond_noise_points": round(100 * beyond["value"], 1),
+            "beyond_noise_interval": [round(100 * beyond["low"], 1), round(100 * beyond["high"], 1)],
             "by_category": by_cat,
             "exact": round(metrics.mean(a == b for a, b in zip(adapted, plain)), 4),
             # the scale to read it on: the plain target's own sample at T=0.7 against its greedy answer

@@ -35,6 +35,8 @@ def lora_markdown(s: dict) -> str:
                 f"sample agrees {f(g.get('plain_sampled_agreement'))})"
                 + (f"; the adapter cost **{g['cost_points']:.1f} points** of general capability"
                    f" [{g['cost_interval'][0]:.1f}, {g['cost_interval'][1]:.1f}]" if g.get("cost_points") is not None else "")
+                + (f", {g['beyond_noise_points']:+.1f} [{g['beyond_noise_interval'][0]:+.1f}, {g['beyond_noise_interval'][1]:+.1f}]"
+                   " beyond the plain target's own sampling noise" if g.get("beyond_noise_points") is not None else "")
                 + (f"; by category {g['by_category']}" if g.get("by_category") else ""),
                 f"- best artifact: {'bundle + adapter' if s.get('beats_best_bundle') else 'the bundle (the adapter did not beat it)'}"]
         if s.get("freetext"):
