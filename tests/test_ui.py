@@ -100,7 +100,8 @@ def test_gradio_client_starts_runs_and_lists_divergences(server, run, monkeypatc
     from gradio_client import Client
 
     from foster.agent import runs as agent_runs
-    from foster.ui import deployments
+    from foster.agent.config import RunConfig
+    from foster.ui import deployments, views
 
     started = []
     monkeypatch.setattr(agent_runs, "start_run", lambda config, background=False: started.append(config) or "ui-run")
@@ -109,11 +110,18 @@ def test_gradio_client_starts_runs_and_lists_divergences(server, run, monkeypatc
          "target": TARGET, "bundle_id": run["best"].id}] if name == "ft:router" else [])
     client = Client(f"{server}/ui/", verbose=False, analytics_enabled=False)
 
-    message, _ = client.predict(TEACHER, f"{TARGET}, local/other", None, 0.85, 50, "route tickets", api_name="/start_run")
+    message, _ = client.predict(TEACHER, f"{TARGET}, local/other", None, 0.85, 50, "route tickets", "structure",
+                                api_name="/start_run")
     assert "ui-run" in message
     assert started[0].targets == [TARGET, "local/other"] and started[0].threshold == 0.85 and started[0].max_probes == 50
-    refused, _ = client.predict("", "", None, 0.9, 120, "", api_name="/start_run")
+    assert started[0].primary_metric == "structure"
+    refused, _ = client.predict("", "", None, 0.9, 120, "", "auto", api_name="/start_run")
     assert refused.startswith("Not started") and len(started) == 1
+    # a primary metric outside the choices is refused in a line (the form's dropdown, or the view behind it)
+    run_id, refused = views.start_run(TEACHER, TARGET, None, 0.9, "", 50, "similarity; rm -rf /")
+    assert run_id is None and refused.startswith("Not started") and "primary" in refused.lower() and len(started) == 1
+    # the form's defaults are the run's: a history is not capped at a number the CLI would not cap it at
+    assert views.RUN_DEFAULTS["max_probes"] == RunConfig.model_fields["max_probes"].default
 
     rows = client.predict("ft:router", api_name="/divergences")
     assert rows["data"][0][1:4] == ["do you sell gift cards", "SHIPPING", "OTHER"]

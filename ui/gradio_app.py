@@ -61,7 +61,10 @@ def create_ui():
                         inputs_file = gr.File(label="Historical inputs (JSONL, optional)", file_types=[".jsonl"], type="filepath")
                         with gr.Column():
                             threshold = gr.Slider(0.05, 1.0, value=0.9, step=0.01, label="Fidelity threshold")
-                            max_probes = gr.Number(label="Max probes", value=120, precision=0)
+                            # the run's own defaults, so the form never caps a history the CLI would keep whole
+                            max_probes = gr.Number(label="Max probes", value=views.RUN_DEFAULTS["max_probes"], precision=0)
+                            primary_metric = gr.Dropdown(label="Primary metric (free-text teachers)",
+                                                         choices=views.PRIMARY_METRICS, value="auto")
                             task = gr.Textbox(label="Task (one line, optional)")
                     start = gr.Button("Start run", variant="primary")
                     start_msg = gr.Markdown()
@@ -168,12 +171,14 @@ def create_ui():
         refresh.click(watch, runs_run, [progress, events], api_name=False)
         timer.tick(watch, runs_run, [progress, events], api_name=False, show_progress="hidden")
 
-        def start_clicked(teacher_v, targets_v, file_v, threshold_v, max_probes_v, task_v):
-            run_id, message = views.start_run(teacher_v, targets_v, _copy_upload(file_v), threshold_v, task_v, max_probes_v)
+        def start_clicked(teacher_v, targets_v, file_v, threshold_v, max_probes_v, task_v, primary_v="auto"):
+            run_id, message = views.start_run(teacher_v, targets_v, _copy_upload(file_v), threshold_v, task_v, max_probes_v,
+                                              primary_v)
             choices = views.run_choices()
             return message, gr.Dropdown(choices=choices, value=run_id) if run_id else gr.Dropdown(choices=choices)
 
-        start.click(start_clicked, [teacher, targets, inputs_file, threshold, max_probes, task], [start_msg, runs_run],
+        start.click(start_clicked, [teacher, targets, inputs_file, threshold, max_probes, task, primary_metric],
+                    [start_msg, runs_run],
                     api_name="start_run")
 
         def load_grid(run_id, which_v):

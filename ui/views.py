@@ -146,8 +146,20 @@ def recent_events(run_id: str | None, limit: int = 15) -> str:
     return "\n".join(out)
 
 
+def _run_defaults() -> tuple[dict, list[str]]:
+    from typing import get_args
+
+    from foster.agent.config import RunConfig
+
+    fields = RunConfig.model_fields
+    return {"max_probes": fields["max_probes"].default}, list(get_args(fields["primary_metric"].annotation))
+
+
+RUN_DEFAULTS, PRIMARY_METRICS = _run_defaults()
+
+
 def start_run(teacher: str, targets: str, inputs_path: str | None, threshold: float, task: str = "",
-              max_probes: int | None = None) -> tuple[str | None, str]:
+              max_probes: int | None = None, primary_metric: str | None = None) -> tuple[str | None, str]:
     """Start a run in the background; (run id or None, a message for the page)."""
     from pydantic import ValidationError
 
@@ -163,6 +175,8 @@ def start_run(teacher: str, targets: str, inputs_path: str | None, threshold: fl
     }
     if max_probes:
         fields["max_probes"] = int(max_probes)
+    if primary_metric:  # RunConfig refuses anything but its choices, in a line, before any call
+        fields["primary_metric"] = primary_metric
     try:
         run_id = agent_runs.start_run(RunConfig(**fields), background=True)
     except ValidationError as exc:
