@@ -413,6 +413,26 @@ def copy_panel(ctx, section: dict, copy: list[str], refs: list[str], sims: list[
     return panel, scores[section["primary"]] if section.get("scores_verdict") else scores["similarity"]
 
 
+def validation_metric(spec: dict, train: list[dict], setting: str = "auto"):
+    """The score foster's tuner and DSPy's metric use for a free-text teacher: the primary metric the
+    verdict will read (mined from the teacher's train samples alone, never the held-out ones), so a
+    configuration is not chosen for a similarity that flatters. None when that metric is similarity
+    (the optimizers' default). The callable carries `.metric` and `.binary`."""
+    samples = teacher_samples(spec, train)
+    structure = mine_structure([x for xs in samples for x in xs])
+    primary, _ = choose_primary(ceilings(samples, structure), setting)
+    if primary == "similarity":
+        return None
+
+    def score(answer: str, reference: str) -> float:
+        if primary == "exact":
+            return float(normalize(answer) == normalize(reference))
+        return float(structure.agrees(answer, reference))
+
+    score.metric, score.binary = primary, True
+    return score
+
+
 def calibrate_free(ctx, spec: dict, held: list[dict], samples: dict[str, list[str]]) -> dict:
     """A variant's sampled behaviour against the teacher's: meaning-class calibration gap, sampled
     agreement by meaning, hedge and refusal rates side by side."""

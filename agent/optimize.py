@@ -104,9 +104,15 @@ def _embedding(text: str):
     return embed([text])[0]
 
 
-def agreement(answer: str | None, item: TrainItem, contract: Any) -> float:
+Score = Callable[[str, str], float]  # (answer, the teacher's answer) -> agreement in [0, 1]
+
+
+def agreement(answer: str | None, item: TrainItem, contract: Any, score: Score | None = None) -> float:
     """How far `answer` agrees with the teacher on `item`: 1.0 or 0.0 for closed answers (normalized
-    exact match); for free text (contract.format == "text") the embedding cosine, clipped at 0."""
+    exact match); for free text (contract.format == "text") the embedding cosine, clipped at 0, unless
+    `score` is given (the run's primary free-text metric: the tuner optimizes what the verdict reads)."""
+    if score is not None:
+        return float(score(answer or "", item.teacher_mode))
     if answers_agree(answer, item.teacher_mode, contract):
         return 1.0
     fmt = contract.get("format", "text") if isinstance(contract, dict) else getattr(contract, "format", "text")
@@ -127,8 +133,9 @@ class AgreementMetric:
     """The optimizers' metric: `agreement` with the teacher. Called with DSPy's five arguments it
     returns a float; `feedback` returns dspy.Prediction(score, feedback) for GEPA's reflection."""
 
-    def __init__(self, contract: Any):
+    def __init__(self, contract: Any, score: Score | None = None):
         self.contract = contract
+        self.score = score
 
     def item(self, gold: Any) -> TrainItem:
         return TrainItem(input=gold[INPUT], teacher_mode=gold[ANSWER], teacher_dist=dict(gold.get("teacher_dist") or {}))
@@ -141,13 +148,13 @@ class AgreementMetric:
         return "" if value is None else str(value)
 
     def __call__(self, gold, pred, trace=None, pred_name=None, pred_trace=None) -> float:
-        return agreement(self.answer(pred), self.item(gold), self.contract)
+        return agreement(self.answer(pred), self.item(gold), self.contract, self.score)
 
     def feedback(self, gold, pred, trace=None, pred_name=None, pred_trace=None) -> dspy.Prediction:
         import dspy
 
         item, answer = self.item(gold), self.answer(pred)
-        score = agreement(answer, item, self.contract)
+        score = agreement(answer, item, self.contract, self.score)
         dist = ", ".join(f"{_short(a, 60)!r} {p:.2f}" for a, p in sorted(item.teacher_dist.items(), key=lambda kv: -kv[1])[:5])
         if score >= 1.0:
             text = f"Correct: the teacher answered {_short(item.teacher_mode)!r} and so did you."
@@ -374,6 +381,7 @@ def optimize(
     completion: bool = False,
     max_tokens: int = 24,
     num_threads: int = 1,
+    score: Score | None = None,
 ) -> OptimizeResult:
     """Optimize `base` against `target` on `train` with the named optimizer, spending at most
     `budget_calls` calls to the target (the reflection/proposer model is the target unless
@@ -405,7 +413,7 @@ def optimize(
     proposer = gateway_lm(reflection_model, temperature=0.7, max_tokens=256 if plain else 2048, counter=reflection_calls)
 
     knn = base.selection.kind == "knn"
-    metric = AgreementMetric(base.output_contract)
+    metric = AgreementMetric(base.output_contract, score)
     run = OptimizerRun(metric=metric, counter=budget, target_lm=target_lm, reflection_lm=proposer,
                        reflection_is_target=reflection_is_target, plain_proposer=plain, knn=knn, seed=seed,
                        num_threads=num_threads)
@@ -536,7 +544,7 @@ def _fold(text: str) -> str:
 
 
 def validation_scores(bundle: Bundle, val: list[TrainItem], target: str, *, max_tokens: int = 24, seed: int = 0,
-                      complete: Callable[..., Any] | None = None) -> list[float]:
+                      complete: Callable[..., Any] | None = None, score: Score | None = None) -> list[float]:
     """Greedy agreement on `val`, the bundle rendered as it ships but with the validation inputs taken out
     of its examples (a knn pool would otherwise retrieve each probe's own answer)."""
     from foster.agent.target import ask
@@ -546,13 +554,13 @@ def validation_scores(bundle: Bundle, val: list[TrainItem], target: str, *, max_
     scores = []
     for item in val:
         res = ask(tried, target, item.input, complete, temperature=0.0, max_tokens=max_tokens, seed=seed)
-        scores.append(agreement(res.texts[0], item, bundle.output_contract))
+        scores.append(agreement(res.texts[0], item, bundle.output_contract, score))
     return scores
 
 
 def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict | None = None, budget_calls: int = 60,
          max_tokens: int = 24, seed: int = 0, ks: tuple[int, ...] = (1, 2, 4, 8),
-         complete: Callable[..., Any] | None = None) -> TuneResult:
+         complete: Callable[..., Any] | None = None, score: Score | None = None) -> TuneResult:
     """foster's own search over k, the pool (full or condensed), fixed vs retrieved examples and the rules
     on or off, greedy answers on `val` (train probes the pool is stripped of while tuning). Works with no
     model besides the target; `budget_calls` counts target calls, a configuration is tried only if a
@@ -564,7 +572,7 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
 
     def run(name: str, b: Bundle) -> Trial:
         nonlocal calls
-        scores = validation_scores(b, val, target, max_tokens=max_tokens, seed=seed, complete=complete)
+        scores = validation_scores(b, val, target, max_tokens=max_tokens, seed=seed, complete=complete, score=score)
         calls += len(val)
         return Trial(name, b, scores, b.token_counts()["o200k_base"])
 
@@ -572,7 +580,7 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
     if not val or budget_calls < len(val):
         log["note"] = "no validation pass fits the budget: the seed is kept untried"
         return TuneResult(base, None, 0, log, [], [])
-    exact = base.output_contract.format != "text"
+    exact = base.output_contract.format != "text" or getattr(score, "binary", False)
     seed_trial = run("seed", base)
     trials = [seed_trial]
     incumbent = seed_trial
@@ -601,7 +609,7 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
 
 def accept_proposal(proposal: Bundle, seed_scores: list[float], val: list[TrainItem], target: str, *,
                     max_tokens: int = 24, seed: int = 0, lint_known: dict | None = None,
-                    complete: Callable[..., Any] | None = None) -> tuple[bool, dict]:
+                    complete: Callable[..., Any] | None = None, score: Score | None = None) -> tuple[bool, dict]:
     """Whether an optimizer's proposal may replace its seed: no lint error (role markers, repeated
     lines, text addressed to the optimizer never ship) and a win on validation by more than the interval."""
     from foster.prompts.lint import errors
@@ -609,7 +617,7 @@ def accept_proposal(proposal: Bundle, seed_scores: list[float], val: list[TrainI
     errs = errors(proposal.lint(**(lint_known or {})))
     if errs:
         return False, {"reason": "lint: " + "; ".join(f.message for f in errs), "calls": 0}
-    scores = validation_scores(proposal, val, target, max_tokens=max_tokens, seed=seed, complete=complete)
+    scores = validation_scores(proposal, val, target, max_tokens=max_tokens, seed=seed, complete=complete, score=score)
     won, diff = beats(scores, seed_scores, seed=seed)
     return won, {"reason": "beats the seed on validation" if won else "does not beat the seed by more than the interval "
                  "(a tie keeps the seed)", "vs_seed": diff, "calls": len(val)}

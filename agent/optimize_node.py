@@ -59,6 +59,7 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
         n_val = max(VALIDATION_MIN, min(VALIDATION_MAX, round(VALIDATION_FRACTION * len(items))))
         n_val = max(1, min(n_val, len(items) // 2, c.budget_calls // 2))
         val, rest = carve_validation(items, n_val, seed=c.seed)
+        score = _free_text_score(ctx, spec, state["probes"])
         dspy_name = dspy_optimizer(c.optimizer, c.miner)
         for n, target in enumerate(c.targets):
             if base is None or not val or stop:
@@ -66,7 +67,7 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
             try:
                 ctx.check()
                 res = tune(base, val, target, ingredients=ingredients, budget_calls=c.budget_calls,
-                           max_tokens=c.max_new_tokens, seed=c.seed, complete=ctx.complete)
+                           max_tokens=c.max_new_tokens, seed=c.seed, complete=ctx.complete, score=score)
                 ctx.registry.append_event(ctx.run_id, "optimize", "progress",
                                           f"{target}: tuner kept {res.log.get('chosen')}, compact "
                                           f"{res.log.get('compact')} ({res.calls_used} calls)", log=res.log)
@@ -79,11 +80,12 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
                     with ctx.scope():  # DSPy's calls: the run's ledger and models
                         out = run_optimizer(base, [*rest] or val, target, optimizer=dspy_name,
                                             budget_calls=c.budget_calls, reflection_lm=c.miner, seed=c.seed,
-                                            completion=is_completion(target), max_tokens=c.max_new_tokens)
+                                            completion=is_completion(target), max_tokens=c.max_new_tokens,
+                                            score=score)
                     seed_scores = res.seed_scores or validation_scores(base, val, target, max_tokens=c.max_new_tokens,
-                                                                       seed=c.seed, complete=ctx.complete)
+                                                                       seed=c.seed, complete=ctx.complete, score=score)
                     ok, why = accept_proposal(out.bundle, seed_scores, val, target, max_tokens=c.max_new_tokens,
-                                              seed=c.seed, lint_known=known, complete=ctx.complete)
+                                              seed=c.seed, lint_known=known, complete=ctx.complete, score=score)
                     entry = _save(ctx, out.bundle, dspy_name, target, n, rnd, calls_used=out.calls_used, known=known)
                     if not ok:
                         entry["rejected"] = why["reason"]
@@ -99,6 +101,20 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
                 ctx.registry.append_event(ctx.run_id, "optimize", "error", f"{target}: {type(e).__name__}: {e}")
             ctx.progress("optimize", n + 1, len(c.targets), target)
     return {"variants": variants, "stop_reason": stop, "usage": ctx.usage(), "node_seconds": times}
+
+
+def _free_text_score(ctx: RunContext, spec: dict, probes: list[dict]):
+    """For a free-text teacher scored automatically, the primary metric (exact or structure) as the
+    validation score; None keeps the optimizers' default (exact labels, or similarity for free text)."""
+    if spec.get("answer_kind") != "free" or ctx.config.fidelity != "auto":
+        return None
+    from foster.agent.freetext import validation_metric
+
+    score = validation_metric(spec, [p for p in probes if p["split"] == "train"], ctx.config.primary_metric)
+    if score is not None:
+        ctx.registry.append_event(ctx.run_id, "optimize", "progress",
+                                  f"free text: the tuner scores validation by {score.metric} agreement (the primary metric)")
+    return score
 
 
 def _lint_errors(entry: dict) -> list[dict]:

@@ -2,6 +2,7 @@
 by meaning classes (through the real evaluation path, with scripted models on the `local/` provider)."""
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -214,6 +215,13 @@ def test_free_text_run_reports_its_panel_and_the_configured_primary_metric_decid
     assert best["freetext"]["structure"]["value"] == 1.0 and best["freetext"]["similarity"]["value"] > 0.8
     assert report["verdict"] == "plateau below threshold"
     assert report["ceiling"] == ft["ceiling"]["exact"] and "primary metric (exact)" in report["ceiling_method"]
+    # the tuner chose its configuration by the same primary metric, 0/1 per validation probe (not similarity)
+    from foster.store.runs import RunRegistry
+
+    events = [json.loads(x) for x in (RunRegistry().run_dir("free-auto") / "events.jsonl").read_text().splitlines()]
+    tuned = [e for e in events if e["node"] == "optimize" and "tuner kept" in e.get("message", "")]
+    assert any("scores validation by exact agreement" in e.get("message", "") for e in events)
+    assert tuned and all(e["log"]["seed"]["method"] == "wilson" for e in tuned if "seed" in e["log"]), tuned
     # the no-LLM copy is read under the same primary metric, never by similarity beside an exact figure
     copy = t["nearest_copy"]
     assert copy["fidelity"] == copy["freetext"]["exact"]["value"] == copy["interval"]["value"]
