@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -215,6 +216,24 @@ def run_foster(domain: Domain, settings: Settings, targets: tuple[str, ...]) -> 
             "measured": m, "eval_calls": eval_calls, "grid": grid}
 
 
+def load_foster(run_dir: Path) -> dict:
+    """A finished foster run, read back as `run_foster` returns it, so the arms can run later (or one
+    process per target) on exactly its probes, split and answers. FOSTER_HOME must be the run's home."""
+    from foster.agent.runs import run_state
+
+    run_dir = Path(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    targets = list(report["targets"])
+    usage, wall = report.get("usage") or {}, float(report.get("wall_seconds") or 0.0)
+    m = {"wall_s": wall, "usage": usage, **_usage_figures(usage, targets[0], wall)}
+    keys = list(json.loads((run_dir / "answers.json").read_text())) if (run_dir / "answers.json").exists() else []
+    eval_calls = {t: sum(1 for k in keys if k.split("|")[1] == t) for t in targets}
+    grid = json.loads((run_dir / "grid.json").read_text()) if (run_dir / "grid.json").exists() else {"rows": []}
+    return {"run_id": report["run_id"], "run_dir": str(run_dir), "config": config, "report": report,
+            "state": run_state(report["run_id"]), "measured": m, "eval_calls": eval_calls, "grid": grid}
+
+
 def shared_from(foster: dict) -> Shared:
     state, report = foster["state"], foster["report"]
     spec = state["spec"]
@@ -363,21 +382,31 @@ def run_target(foster: dict, shared: Shared, domain: Domain, settings: Settings,
 
 
 def run_domain(domain: Domain, settings: Settings, targets: tuple[str, ...] = TARGETS, arms: tuple[str, ...] = ARMS,
-               log: Callable[[str], None] = print) -> dict:
-    log(f"[{domain.name}] foster run on {', '.join(targets)} (probe, characterize, mine, optimize, evaluate) ...")
-    foster = run_foster(domain, settings, targets)
+               log: Callable[[str], None] = print, out: dict | None = None, save: Callable[[], None] = lambda: None,
+               from_run: Path | None = None) -> dict:
+    """Fills `out` as it goes and calls `save()` after the foster run and after every target, so a
+    stopped benchmark keeps what it measured."""
+    out = {} if out is None else out
+    if from_run:
+        log(f"[{domain.name}] foster run read back from {from_run}")
+        foster = load_foster(from_run)
+    else:
+        log(f"[{domain.name}] foster run on {', '.join(targets)} (probe, characterize, mine, optimize, evaluate) ...")
+        foster = run_foster(domain, settings, targets)
     shared = shared_from(foster)
     log(f"[{domain.name}] {len(shared.train)} train / {len(shared.heldout)} held-out probes, {shared.kind} answers")
-    per_target = {}
+    out.update({"domain": asdict(domain), "answer_kind": shared.kind, "fidelity_method": shared.scorer.method,
+                "train_probes": len(shared.train), "heldout_probes": len(shared.heldout), "ceiling": shared.ceiling,
+                "foster_run": foster["run_id"], "foster_run_dir": foster["run_dir"], "targets": {}})
+    save()
     for target in targets:
         try:
-            per_target[target] = run_target(foster, shared, domain, settings, target, arms, log)
+            out["targets"][target] = run_target(foster, shared, domain, settings, target, arms, log)
         except Exception as e:  # one failing target does not hide the other
             traceback.print_exc()
-            per_target[target] = {"error": f"{type(e).__name__}: {e}"}
-    return {"domain": asdict(domain), "answer_kind": shared.kind, "fidelity_method": shared.scorer.method,
-            "train_probes": len(shared.train), "heldout_probes": len(shared.heldout), "ceiling": shared.ceiling,
-            "foster_run": foster["run_id"], "targets": per_target}
+            out["targets"][target] = {"error": f"{type(e).__name__}: {e}"}
+        save()
+    return out
 
 
 def goals(arms: dict, kind: str) -> dict:
@@ -432,6 +461,9 @@ def table(result: dict) -> str:
         if "error" in d:
             lines.append(f"| {name} | failed: {d['error']} |" + " |" * (len(COLUMNS) - 2))
             continue
+        if "targets" not in d:  # a partial save while foster's run is still going
+            lines.append(f"| {name} | (foster run in progress) |" + " |" * (len(COLUMNS) - 2))
+            continue
         for target, t in d["targets"].items():
             if "error" in t:
                 lines.append(f"| {name} | {target} | failed: {t['error']} |" + " |" * (len(COLUMNS) - 3))
@@ -453,7 +485,7 @@ def markdown(result: dict) -> str:
             f"{result['machine']['platform']}, {result['machine']['cpus']} CPUs; total {result['wall_s']:.0f} s"), "",
            table(result), ""]
     for name, d in result["domains"].items():
-        if "error" in d:
+        if "error" in d or "targets" not in d:
             continue
         out.append(f"**{name}** ({d['answer_kind']} answers; fidelity = {d['fidelity_method']}; "
                    f"{d['train_probes']} train / {d['heldout_probes']} held-out probes; foster run `{d['foster_run']}`)")
@@ -476,7 +508,8 @@ def markdown(result: dict) -> str:
 
 def run(quick: bool | None = None, names: list[str] | None = None, targets: tuple[str, ...] | list[str] = TARGETS,
         home: str | None = None, out_dir: Path | None = None, domain_list: list[Domain] | None = None,
-        settings: Settings | None = None, arms: tuple[str, ...] = ARMS) -> dict:
+        settings: Settings | None = None, arms: tuple[str, ...] = ARMS, from_run: Path | None = None,
+        name: str = "") -> dict:
     """All domains, all targets, all arms; writes results/compare-<date>.json|md and prints the table."""
     import foster.agent  # noqa: F401  (offline environment before litellm)
 
@@ -494,22 +527,35 @@ def run(quick: bool | None = None, names: list[str] | None = None, targets: tupl
     chosen = domain_list or [d for n, d in domains().items() if not names or n in names]
     # A fresh data directory: the benchmark neither reads observations of earlier runs (that would
     # hide teacher calls) nor leaves runs in the user's list.
+    if from_run:  # the arms on a finished run: its own data directory
+        from_run = Path(from_run).resolve()
+        home = str(from_run.parents[1])
     home = home or tempfile.mkdtemp(prefix="foster-bench-")
     previous = os.environ.get("FOSTER_HOME")
     os.environ["FOSTER_HOME"] = home
     started = time.perf_counter()
+    out_dir = out_dir or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"compare-{dt.date.today().isoformat()}{'-quick' if quick else ''}{'-' + name if name else ''}"
     result: dict[str, Any] = {
         "benchmark": "compare", "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "mode": "quick" if quick else "full", "command": "python -m bench.compare" + (" --quick" if quick else ""),
+        "mode": "quick" if quick else "full", "command": " ".join(["python -m bench.compare", *sys.argv[1:]]),
         "targets": list(targets), "settings": asdict(settings), "foster_home": home,
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_average_at_start": os.getloadavg()},
         "goals": GOALS, "domains": {},
     }
+    def save() -> None:
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        result["machine"]["load_average_at_end"] = os.getloadavg()
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        stem.with_suffix(".md").write_text(markdown(result))
+
     try:
         for d in chosen:
+            result["domains"][d.name] = {}
             try:
-                result["domains"][d.name] = run_domain(d, settings, targets, arms)
+                run_domain(d, settings, targets, arms, out=result["domains"][d.name], save=save, from_run=from_run)
             except Exception as e:  # one failing domain does not hide the other
                 traceback.print_exc()
                 result["domains"][d.name] = {"error": f"{type(e).__name__}: {e}"}
@@ -518,13 +564,7 @@ def run(quick: bool | None = None, names: list[str] | None = None, targets: tupl
             os.environ.pop("FOSTER_HOME", None)
         else:
             os.environ["FOSTER_HOME"] = previous
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    result["machine"]["load_average_at_end"] = os.getloadavg()
-    out_dir = out_dir or RESULTS
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"compare-{dt.date.today().isoformat()}{'-quick' if quick else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    stem.with_suffix(".md").write_text(markdown(result))
+    save()
     print(table(result))
     print(f"wrote {stem}.json and {stem}.md")
     return result
@@ -536,8 +576,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", nargs="*", choices=sorted(domains()), help="default: all")
     parser.add_argument("--targets", nargs="*", default=list(TARGETS))
     parser.add_argument("--arms", nargs="*", choices=ARMS, default=list(ARMS), help="default: all (foster always runs)")
+    parser.add_argument("--from-run", type=Path, metavar="RUN_DIR",
+                        help="run the arms on a finished foster run (FOSTER_HOME/runs/RUN_ID) of the one --domains "
+                             "given, instead of a new run; with --targets T, one process per target can run side by side")
+    parser.add_argument("--name", default="", help="a suffix for the results files (compare-<date>-NAME.json|md)")
     args = parser.parse_args(argv)
-    run(quick=args.quick, names=args.domains, targets=args.targets, arms=tuple(args.arms))
+    if args.from_run and (not args.domains or len(args.domains) != 1):
+        parser.error("--from-run needs exactly one --domains (the domain that run probed)")
+    if args.from_run and not (args.from_run / "report.json").is_file():
+        parser.error(f"--from-run {args.from_run}: no report.json (not a finished foster run)")
+    if args.name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", args.name):
+        parser.error("--name: letters, digits, '.', '_' and '-' only (it is part of a file name)")
+    run(quick=args.quick, names=args.domains, targets=args.targets, arms=tuple(args.arms), from_run=args.from_run,
+        name=args.name)
     return 0
 
 

@@ -1,9 +1,11 @@
 """The foster-vs-DSPy benchmark harness on scripted fakes: every arm runs, budgets hold, files are written."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fakes
@@ -12,7 +14,7 @@ import fakes
 def test_compare_harness_on_fakes(tmp_path, fake_model):
     from bench import compare
 
-    teacher, _ = fake_model(fakes.teacher, "fake-teacher")
+    teacher, teacher_backend = fake_model(fakes.teacher, "fake-teacher")
     target, target_backend = fake_model(fakes.target, "fake-target")
     other, other_backend = fake_model(fakes.target, "fake-other")
     inputs = tmp_path / "inputs.jsonl"
@@ -60,6 +62,18 @@ def test_compare_harness_on_fakes(tmp_path, fake_model):
     md = next((tmp_path / "results").glob("*.md")).read_text()
     assert "| fake_routing | fake-target | foster (" in md and "dspy-knn" in md and "shipped_vs_copy" in md
     assert target_backend.calls > 0 and other_backend.calls > 0
+
+    # the arms again on the finished run, one target, in a process of their own: the same probes and split,
+    # the teacher not asked again, the results in their own file
+    teacher_calls = teacher_backend.calls
+    again = compare.run(quick=True, targets=[other], out_dir=tmp_path / "results", domain_list=[domain],
+                        settings=settings, arms=("copy", "zero-shot"), from_run=Path(d["foster_run_dir"]), name="other")
+    a = again["domains"]["fake_routing"]
+    assert a["foster_run"] == d["foster_run"] and a["heldout_probes"] == d["heldout_probes"] and set(a["targets"]) == {other}
+    for arm in ("copy", "zero-shot", "foster"):
+        assert a["targets"][other]["arms"][arm]["fidelity"] == d["targets"][other]["arms"][arm]["fidelity"], arm
+    assert teacher_backend.calls == teacher_calls
+    assert (tmp_path / "results" / f"compare-{dt.date.today().isoformat()}-quick-other.json").is_file()
 
 
 def test_freetext_saves_each_stage_as_it_is_measured(tmp_path, monkeypatch):
