@@ -133,6 +133,8 @@ def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save, out: dic
         out["targets"][t] = {"ceiling": tr.get("ceiling"), "ceilings": ft.get("ceiling"), "primary": ft.get("primary"),
                              "structure": ft.get("structure"), "calibration_method": ft.get("calibration_method"),
                              "zero-shot": _arm(tr.get("zero_shot")),
+                             "copy": _arm({"freetext": (tr.get("nearest_copy") or {}).get("freetext"),
+                                           "fidelity": (tr.get("nearest_copy") or {}).get("fidelity")}),
                              "best bundle": {**_arm(tr.get("best")), "variant": (tr.get("best") or {}).get("variant")}}
     save()
     for t in targets if s.adapters == "all" else [s.adapters]:
@@ -202,11 +204,14 @@ def markdown(r: dict) -> str:
                 "| target | arm | exact | structure | similarity | ceiling (primary) | × ceiling | cal. gap | hedge (teacher) | general cost (points) |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for t, v in hs["targets"].items():
-            for arm in ("zero-shot", "best bundle", "lora"):
+            for arm in ("copy", "zero-shot", "best bundle", "lora"):
                 a = v.get(arm) or {}
+                if not a or (arm == "copy" and a.get("exact") is None):
+                    continue  # no adapter trained on this target (--adapters), or a report from before the copy's panel
                 cost = (f"{a['general_cost_points']:.1f} [{a['general_cost_interval'][0]:.1f}, {a['general_cost_interval'][1]:.1f}] "
                         f"n={a.get('general_n')}" if a.get("general_cost_points") is not None else "–") + _noise(a)
-                label = arm + (f" ({a.get('variant')})" if a.get("variant") else "") + \
+                label = ("copy of the nearest recorded answer, no LLM" if arm == "copy" else arm) + \
+                    (f" ({a.get('variant')})" if a.get("variant") else "") + \
                     (f" ({a['training']['step']} steps)" if arm == "lora" and a.get("training", {}).get("step") else "")
                 if a.get("status") == "failed":
                     label += f" — failed: {a.get('error')}"
