@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", nargs="+", default=["house_style", "relabel"], choices=["house_style", "relabel"])
     a = p.parse_args(argv)
     s = QUICK if a.quick else FULL
+    if a.seconds is not None and not (0 < a.seconds < float("inf")):  # checked before the hour-long run, not after
+        p.error(f"--seconds must be a positive number of seconds, got {a.seconds}")
     if a.adapters and a.adapters not in a.targets:
         p.error(f"--adapters {a.adapters!r} is not one of --targets")
     changes = {k: v for k, v in (("history", a.history), ("corpus", a.corpus), ("steps", a.steps),

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 import fakes
 
@@ -101,3 +103,30 @@ def test_freetext_saves_each_stage_as_it_is_measured(tmp_path, monkeypatch):
     first, second = saved
     assert first["relabel"]["run_id"] == "run-1" and first["relabel"]["held_out"] == 10
     assert second["relabel"]["lora mix 0.4"]["fidelity"] == 0.5
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--domains", "ticket_routing", "--from-run", "/nonexistent/run"], "no report.json"),
+    (["--from-run", "/tmp"], "exactly one --domains"),
+    (["--domains", "ticket_routing", "--name", "../../etc/x"], "--name"),
+])
+def test_compare_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatch):
+    from bench import compare
+
+    monkeypatch.setattr(compare, "run", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seconds", "-5"], "--seconds"), (["--seconds", "nan"], "--seconds"), (["--seconds", "inf"], "--seconds"),
+    (["--adapters", "local/not-a-target"], "--adapters"),
+])
+def test_freetext_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatch):
+    from bench import freetext
+
+    monkeypatch.setattr(freetext, "run", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(SystemExit) as e:
+        freetext.main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
