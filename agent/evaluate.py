@@ -162,6 +162,9 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
                "fidelity": round(metrics.mean(scores), 4), "tokens": tokens, "latency_s": round(ev["latency_s"], 4),
                "cost": ev["cost"], "seconds": round(time.time() - t0, 2), "_scores": scores, "_greedy": ev["greedy"],
                "lint": [f.as_dict() for f in bundle.lint(**(known or {}))]}
+        if bundle.selection.recall_above is not None:  # how many held-out inputs never reached the target
+            res["recalled"] = {"n": sum(bundle.recall(p["text"]) is not None for p in held), "of": len(held),
+                               "threshold": bundle.selection.recall_above}
         results.append(res)
         message = f"{target} {v['name']}: fidelity {res['fidelity']:.3f}"
         progress(message) if progress else ctx.progress("evaluate", n + 1, total, message)

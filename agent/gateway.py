@@ -59,6 +59,7 @@ class Completion(BaseModel):
     completion_tokens: int = 0
     cost: float = 0.0
     latency_s: float = 0.0
+    recalled: bool = False  # answered from a bundle's recorded answers: no model was asked (agent/target.py)
 
     @property
     def text(self) -> str:

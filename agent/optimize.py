@@ -479,6 +479,7 @@ class TuneResult:
     log: dict[str, Any]
     seed_scores: list[float]  # on the validation split: what a DSPy proposal from the same seed must beat
     tuned_scores: list[float]
+    recall: Bundle | None = None  # a tried configuration plus the recall rule, when that beat it on validation
 
 
 def carve_validation(items: list[TrainItem], n: int, seed: int = 0) -> tuple[list[TrainItem], list[TrainItem]]:
@@ -549,8 +550,7 @@ def validation_scores(bundle: Bundle, val: list[TrainItem], target: str, *, max_
     of its examples (a knn pool would otherwise retrieve each probe's own answer)."""
     from foster.agent.target import ask
 
-    held = {_fold(v.input) for v in val}
-    tried = _rebuild(bundle.model_copy(update={"examples": [e for e in bundle.examples if _fold(e.input) not in held]}))
+    tried = _without(bundle, val)
     scores = []
     for item in val:
         res = ask(tried, target, item.input, complete, temperature=0.0, max_tokens=max_tokens, seed=seed)
@@ -604,7 +604,56 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
                rule="a configuration replaces the seed only when its paired difference's 95 % interval is above 0")
     tuned = _rebuild(incumbent.bundle)
     compact = _rebuild(smallest.bundle) if smallest is not incumbent else None
-    return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores)
+    recall, log["recall"] = recall_choice([incumbent, smallest], val, score=score, seed=seed)
+    return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores, recall)
+
+
+RECALL_THRESHOLDS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)  # cosine, all-MiniLM-L6-v2 by default
+
+
+def _without(bundle: Bundle, val: list[TrainItem]) -> Bundle:
+    held = {_fold(v.input) for v in val}
+    return _rebuild(bundle.model_copy(update={"examples": [e for e in bundle.examples if _fold(e.input) not in held]}))
+
+
+def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | None = None,
+                  seed: int = 0) -> tuple[Bundle | None, dict]:
+    """The recall rule (`ExampleSelection.recall_above`) for a knn configuration already tried on `val`:
+    an input at least this close to a recorded one gets the recorded answer instead of the target's.
+
+    Costs no target call: on each validation input the rule gives either the nearest pool answer (pool
+    stripped of the validation inputs, as the trial was) or the answer the trial already got. The
+    highest threshold with the best mean is taken. Like `compact`, it is a candidate, not a replacement:
+    offered when it scores above the trial on validation, then measured on the held-out probes beside
+    the others, where the ship rule decides."""
+    from foster.agent.metrics import fidelity_interval
+
+    log: dict[str, Any] = {"thresholds": list(RECALL_THRESHOLDS)}
+    best: tuple | None = None
+    for trial in [t for i, t in enumerate(trials) if all(t is not u for u in trials[:i])]:
+        tried = _without(trial.bundle, val)
+        if tried.selection.kind != "knn" or not tried.examples:
+            continue
+        near = [tried.nearest(item.input) for item in val]
+        copied = [agreement(example.output, item, tried.output_contract, score) for (example, _), item in zip(near, val)]
+        for tau in RECALL_THRESHOLDS:  # descending: an equal mean keeps the higher threshold (fewer recalls)
+            hybrid = [c if sim >= tau else t for (_, sim), c, t in zip(near, copied, trial.scores)]
+            mean = sum(hybrid) / len(hybrid)
+            if best is None or (mean, -trial.tokens) > (best[0], -best[1].tokens):
+                best = (mean, trial, tau, hybrid, sum(sim >= tau for _, sim in near))
+    if best is None:
+        log["note"] = "no knn configuration with a pool: nothing to recall from"
+        return None, log
+    mean, trial, tau, hybrid, hits = best
+    exact = trial.bundle.output_contract.format != "text" or getattr(score, "binary", False)
+    won, diff = beats(hybrid, trial.scores, seed=seed)
+    offered = mean > sum(trial.scores) / len(trial.scores)
+    log.update(base=trial.name, threshold=tau, recalled=hits, of=len(val), score=fidelity_interval(hybrid, exact),
+               without=fidelity_interval(trial.scores, exact), vs_without=diff, beats_by_interval=won, offered=offered)
+    if not offered:
+        return None, log
+    selection = trial.bundle.selection.model_copy(update={"recall_above": tau})
+    return _rebuild(trial.bundle.model_copy(update={"selection": selection})), log
 
 
 def accept_proposal(proposal: Bundle, seed_scores: list[float], val: list[TrainItem], target: str, *,

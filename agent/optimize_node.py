@@ -70,9 +70,11 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
                            max_tokens=c.max_new_tokens, seed=c.seed, complete=ctx.complete, score=score)
                 ctx.registry.append_event(ctx.run_id, "optimize", "progress",
                                           f"{target}: tuner kept {res.log.get('chosen')}, compact "
-                                          f"{res.log.get('compact')} ({res.calls_used} calls)", log=res.log)
+                                          f"{res.log.get('compact')} ({res.calls_used} calls); recall rule "
+                                          + (f"at cosine {res.log['recall'].get('threshold')} on {res.log['recall'].get('base')}"
+                                             if res.recall else "not taken"), log=res.log)
                 for name, b in (("tuned", res.tuned if res.log.get("chosen") not in (None, "seed") else None),
-                                ("compact", res.compact)):
+                                ("compact", res.compact), ("recall", res.recall)):
                     if b is not None:
                         variants[target].append(_save(ctx, b, name, target, n, rnd, calls_used=res.calls_used,
                                                       known=known))

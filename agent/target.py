@@ -25,7 +25,14 @@ def render_request(bundle, model: str, user_input: str) -> dict:
 
 
 def ask(bundle, model: str, user_input: str, complete: Callable | None = None, **kw):
-    """One target call through the bundle; `complete` is the gateway's (or a run's capped) complete()."""
+    """One target call through the bundle; `complete` is the gateway's (or a run's capped) complete().
+    An input the bundle recalls (close enough to a recorded one, `Bundle.recall`) is answered with the
+    recorded answer and no call: every sample is that answer, as serving returns it."""
+    recalled = bundle.recall(user_input)
+    if recalled is not None:
+        from foster.agent.gateway import Completion
+
+        return Completion(model=model, texts=[recalled] * max(1, int(kw.get("n") or 1)), recalled=True)
     if complete is None:
         from foster.agent.gateway import complete
     req = render_request(bundle, model, user_input)

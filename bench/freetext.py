@@ -323,16 +323,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--seconds", type=float, help="LoRA training time cap per adapter")
+    p.add_argument("--synthetic", type=int, help="synthetic inputs the target writes for the adapter's data "
+                   "(the discriminator keeps the in-distribution ones; the teacher answers them); default 0")
     p.add_argument("--adapters", help="train an adapter on this target only (default: every target, then a pilot run)")
     p.add_argument("--parts", nargs="+", default=["house_style", "relabel"], choices=["house_style", "relabel"])
     a = p.parse_args(argv)
     s = QUICK if a.quick else FULL
     if a.seconds is not None and not (0 < a.seconds < float("inf")):  # checked before the hour-long run, not after
         p.error(f"--seconds must be a positive number of seconds, got {a.seconds}")
+    if a.synthetic is not None and a.synthetic < 0:
+        p.error(f"--synthetic must be 0 or more, got {a.synthetic}")
+    for flag in ("history", "corpus", "steps"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(a, flag)}")
     if a.adapters and a.adapters not in a.targets:
         p.error(f"--adapters {a.adapters!r} is not one of --targets")
     changes = {k: v for k, v in (("history", a.history), ("corpus", a.corpus), ("steps", a.steps),
-                                 ("seconds", a.seconds), ("adapters", a.adapters)) if v}
+                                 ("seconds", a.seconds), ("adapters", a.adapters), ("synthetic", a.synthetic))
+               if v is not None and v != ""}
     s = Settings(**{**asdict(s), **changes})
     run(a.quick, tuple(a.targets), s, tuple(a.parts))
     return 0

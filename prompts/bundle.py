@@ -116,6 +116,16 @@ class ExampleSelection(BaseModel):
     k: int = Field(default=4, ge=1)
     embedding_model: str = EMBEDDING_MODEL
     vectors: PoolVectors | None = None
+    # Where a 135M target repeats the nearest example's answer less often than that answer is right, an
+    # input this close to a recorded one is answered with the recorded answer and the target is not asked
+    # (a semantic cache, chosen on validation by foster's tuner; None: the target answers every input).
+    recall_above: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _recall_needs_knn(self) -> ExampleSelection:
+        if self.recall_above is not None and self.kind != "knn":
+            raise ValueError("recall_above needs knn selection (it answers from the nearest pool example)")
+        return self
 
     @field_validator("embedding_model")
     @classmethod
@@ -304,6 +314,7 @@ class Bundle(BaseModel):
     _example_vectors: np.ndarray | None = PrivateAttr(default=None)
     _example_vectors_key: tuple | None = PrivateAttr(default=None)
     _vectors_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _query: tuple[str, np.ndarray] | None = PrivateAttr(default=None)  # the last input's embedding
     # the id was derived from the content (not chosen): it follows the content when it changes
     _derived_id: bool = PrivateAttr(default=False)
 
@@ -355,6 +366,8 @@ class Bundle(BaseModel):
             "schema_version", "teacher", "targets", "system_prompt", "examples",
             "selection", "output_contract", "completion_template",
         }, exclude={"selection": {"vectors"}})  # fmt: skip  (vectors follow from the examples)
+        if content["selection"].get("recall_above") is None:  # ids of bundles from before the rule stay put
+            content["selection"].pop("recall_above", None)
         blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
@@ -413,22 +426,51 @@ class Bundle(BaseModel):
             data["id"] = ""  # the id follows the content, which now names another embedding
         return Bundle.model_validate(data)
 
+    def _similarities(self, user_input: str) -> np.ndarray:
+        """Cosine of the input to every pool example (knn), with the input's embedding kept for the
+        next call on the same input (recall() then select_examples() embed it once)."""
+        with self._vectors_lock:
+            cached = self._query if self._query is not None and self._query[0] == user_input else None
+        pool = self._vectors()
+        query = cached[1] if cached else self._embed([user_input])[0]
+        with self._vectors_lock:
+            self._query = (user_input, query)
+        if pool.shape[1] != query.shape[0]:
+            raise ValueError(
+                f"selection.vectors hold {pool.shape[1]}-dimensional rows but {self.selection.embedding_model!r} "
+                f"embeds the input in {query.shape[0]} dimensions: the pool was not embedded by this model"
+            )
+        return pool @ query
+
     def select_examples(self, user_input: str) -> list[Example]:
         """The examples this input is shown: all in order (fixed), or the k nearest by embedding
         (knn) ordered least to most similar, so the closest sits next to the input. Ties keep
         pool order, so the choice is deterministic."""
         if self.selection.kind == "fixed" or not self.examples:
             return list(self.examples)
-        pool, query = self._vectors(), self._embed([user_input])[0]
-        if pool.shape[1] != query.shape[0]:
-            raise ValueError(
-                f"selection.vectors hold {pool.shape[1]}-dimensional rows but {self.selection.embedding_model!r} "
-                f"embeds the input in {query.shape[0]} dimensions: the pool was not embedded by this model"
-            )
-        similarity = pool @ query
+        similarity = self._similarities(user_input)
         ranked = sorted(range(len(self.examples)), key=lambda i: (-float(similarity[i]), i))
         nearest = ranked[: self.selection.k]
         return [self.examples[i] for i in reversed(nearest)]
+
+    def nearest(self, user_input: str) -> tuple[Example, float] | None:
+        """The pool example nearest to the input and its cosine (knn bundles with a pool; else None)."""
+        if self.selection.kind != "knn" or not self.examples:
+            return None
+        similarity = self._similarities(user_input)
+        i = int(np.argmax(similarity))  # the first of equals: pool order, as select_examples ranks them
+        return self.examples[i], float(similarity[i])
+
+    def recall(self, user_input: str) -> str | None:
+        """The recorded answer served for this input without asking the target: the nearest pool
+        example's output when its cosine is at least `selection.recall_above`; None otherwise (and
+        always for a bundle without the rule). Evaluation and serving both honour it (agent/target.py)."""
+        if self.selection.recall_above is None:
+            return None
+        found = self.nearest(user_input)
+        if found is None or found[1] < self.selection.recall_above:
+            return None
+        return found[0].output
 
     def messages(self, user_input: str) -> list[dict[str, str]]:
         """Chat messages for a chat target: system, one user/assistant pair per example, input."""

@@ -141,6 +141,11 @@ def _example_findings(bundle: Bundle, ood: set[str]) -> list[Finding]:
         elif key in ood:
             out.append(Finding("out-of-distribution-example", "error",
                                "a synthetic probe judged out of distribution (it belongs in the spec, not the pool)", where))
+    if bundle.selection.recall_above is not None:
+        out.append(Finding("recall-rule", "warning",
+                           f"inputs within cosine {bundle.selection.recall_above} of a pool input get its recorded answer "
+                           "without the target: foster's evaluation and server do this, the prompt exports (openai, "
+                           "promptfoo, langchain, dspy) render the prompt only", "selection.recall_above"))
     dups = [k for k, n in seen.items() if n > 1]
     if dups:
         out.append(Finding("duplicate-example", "warning", f"{len(dups)} input(s) appear more than once, e.g. {dups[0][:60]!r}",

@@ -202,3 +202,20 @@ def test_normalize_answer():
     js = OutputContract(format="json")
     assert normalize_answer('Sure: {"b": 1, "a": [2]} done', js) == '{"a":[2],"b":1}'
     assert _bundle().normalize("BUG") == "bug"
+
+
+def test_the_recall_rule_needs_knn_and_leaves_older_bundle_ids_alone():
+    from foster.prompts.bundle import Bundle, Example, ExampleSelection
+
+    fields = dict(teacher="local/teacher", targets=["local/target"], system_prompt="Route it.",
+                  examples=[Example(input="refund please", output="billing")])
+    with pytest.raises(ValueError, match="recall_above needs knn"):
+        Bundle(**fields, selection=ExampleSelection(kind="fixed", recall_above=0.9))
+    for bad in (0.0, 1.5, -1):
+        with pytest.raises(ValueError):
+            ExampleSelection(kind="knn", recall_above=bad)
+    plain = Bundle(**fields, selection=ExampleSelection(kind="knn", k=1))
+    # the id this content had before the rule existed: a saved bundle keeps its id and its cache keys
+    assert plain.id == "a540dfa33281"
+    ruled = Bundle(**fields, selection=ExampleSelection(kind="knn", k=1, recall_above=0.9))
+    assert ruled.id != plain.id and "recall_above" in ruled.to_json()

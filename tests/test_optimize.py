@@ -293,3 +293,27 @@ def test_the_report_says_in_words_when_copying_beats_the_bundle():
     assert words.startswith("copying the nearest recorded answer with no LLM (0.950) beats the shipped bundle")
     best = {"variant": "mined-knn", "fidelity": 0.95, "vs_copy": metrics.paired_difference(copy, copy)}
     assert "within the interval" in copy_verdict(best, metrics.fidelity_interval(copy, exact=True))
+
+
+def test_the_recall_rule_is_offered_only_when_it_beats_the_target_on_validation(fake_model):
+    """A target that ignores its examples loses to the recorded answers of near-identical inputs: the
+    tuner offers the recall rule, chosen without another target call, and the rule's bundle answers
+    such inputs with no call. A target that is already right is offered no rule (a tie keeps the target)."""
+    from foster.agent.target import ask
+
+    model, backend = fake_model(lambda r: "other")
+    val, _ = carve_validation(POOL_ITEMS, 8, seed=0)
+    res = tune(_knn_base(), val, model, ingredients={}, budget_calls=100, ks=(4,))
+    assert res.recall is not None and res.log["recall"]["offered"] and backend.calls == res.calls_used
+    assert res.log["recall"]["vs_without"]["low"] > 0 and res.recall.selection.recall_above in (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+    near = "refund request number one"  # a recorded input
+    assert res.recall.recall(near) == "billing" and res.tuned.recall(near) is None
+    calls = backend.calls
+    answer = ask(res.recall, model, near, temperature=0.0, max_tokens=8, n=3)
+    assert answer.recalled and answer.texts == ["billing"] * 3 and backend.calls == calls
+    far = ask(res.recall, model, "the quantum zebra sings in the fog", temperature=0.0, max_tokens=8)
+    assert not far.recalled and backend.calls == calls + 1
+
+    right, _ = fake_model(lambda r: _truth(r.messages[-1]["content"]), name="right")
+    res = tune(_knn_base(), val, right, ingredients={}, budget_calls=100, ks=(4,))
+    assert res.recall is None and res.log["recall"]["offered"] is False

@@ -393,3 +393,32 @@ def test_openapi_has_no_5xx_under_schemathesis(server, run, target, monkeypatch)
             check()
     assert not failures, failures
     assert all(codes.values()) and any(c < 300 for seen in codes.values() for c in seen)
+
+
+def test_a_recall_bundle_serves_the_recorded_answer_without_the_target(server, http, home, target):
+    """An input within the bundle's recall threshold of a recorded one gets the recorded answer, as
+    evaluation measured it, and the target is not called; any other input reaches the target."""
+    import openai
+
+    from foster.prompts.bundle import Bundle, Example, ExampleSelection, OutputContract
+    from service_fixtures import PROBES
+
+    # every recorded answer is OTHER, so a recalled reply is told apart from the target's label
+    pool = Bundle(teacher=TEACHER, targets=[TARGET], system_prompt="Route the ticket.",
+                  examples=[Example(input=t, output="OTHER") for t, _ in PROBES],
+                  selection=ExampleSelection(kind="knn", k=2, recall_above=0.99),
+                  output_contract=OutputContract(format="label", answers=["BILLING", "ACCOUNT", "SHIPPING", "OTHER"]))
+    assert http.post("/v1/bundles", content=pool.to_json(), headers={"content-type": "application/json"}).status_code == 201
+    _deploy(http, name="router-recall", bundle_id=pool.id)
+    recorded = next(t for t, label in PROBES if label != "OTHER")
+    calls = target.calls
+    response = http.post("/v1/chat/completions", json={"model": "router-recall", "messages": [{"role": "user", "content": recorded}]})
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "OTHER"
+    assert response.headers["x-foster-recalled"] == "1" and target.calls == calls
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
+    streamed = client.chat.completions.create(model="router-recall", stream=True, messages=[{"role": "user", "content": recorded}])
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "OTHER" and target.calls == calls
+    fresh = "my parcel never came and the tracking page is blank"
+    reply = client.chat.completions.with_raw_response.create(model="router-recall", messages=[{"role": "user", "content": fresh}])
+    assert reply.headers["x-foster-recalled"] == "0" and target.calls == calls + 1
+    assert reply.parse().choices[0].message.content == label_for(fresh)

@@ -270,6 +270,10 @@ def render(served: Served, user_input: str, stops: list[str], before: list[dict]
 
     request = render_request(served.bundle, served.target, user_input)
     before = without_the_bundles_own_part(served.bundle, user_input, request, before or [])
+    if not before and not after:  # a bare input close to a recorded one: the recorded answer, as evaluated
+        recalled = served.bundle.recall(user_input)
+        if recalled is not None:
+            return {**request, "recalled": recalled}
     request = with_conversation(request, served.bundle, user_input, before, after or [])
     if "prompt" in request:
         request["stop"] = list(dict.fromkeys([*request.get("stop", []), *stops]))
@@ -295,7 +299,12 @@ def _call(served: Served, request: dict, params: dict, n: int):
     from foster.agent.gateway import complete
 
     start = time.perf_counter()
-    result = complete(served.target, n=n, **request, **params)
+    if "recalled" in request:
+        from foster.agent.gateway import Completion
+
+        result = Completion(model=served.target, texts=[request["recalled"]] * n, recalled=True)
+    else:
+        result = complete(served.target, n=n, **request, **params)
     return result, time.perf_counter() - start
 
 
@@ -323,6 +332,8 @@ def stream_texts(served: Served, request: dict, params: dict) -> Iterator[str]:
     `stream()`: the same model resolution, Router and ledger as evaluation's `complete()`."""
     from foster.agent.gateway import stream
 
+    if "recalled" in request:
+        return iter([request["recalled"]])
     return stream(served.target, **request, **params)
 
 
@@ -335,11 +346,12 @@ def _shadow(served: Served, user_input: str, text: str, max_tokens: int) -> None
         _SHADOW_POOL.submit(shadow_in_background, served.deployment, served.bundle, served.target, user_input, text, max_tokens)
 
 
-def _headers(served: Served, target_s: float, total_start: float) -> dict[str, str]:
+def _headers(served: Served, target_s: float, total_start: float, recalled: bool = False) -> dict[str, str]:
     total = (time.perf_counter() - total_start) * 1000
     return {
         "x-foster-bundle": served.bundle.id,
         "x-foster-target": served.target,
+        "x-foster-recalled": "1" if recalled else "0",  # answered from the bundle's recorded answers
         # what the service itself added: total time in the handler minus the target call
         "server-timing": f"target;dur={target_s * 1000:.2f}, total;dur={total:.2f}",
     }
@@ -405,7 +417,7 @@ async def chat_completions(body: ChatCompletionRequest):
                 "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                           "total_tokens": result.prompt_tokens + result.completion_tokens},
             },
-            headers=_headers(served, target_s, total_start),
+            headers=_headers(served, target_s, total_start, result.recalled),
         )
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -504,9 +516,11 @@ async def completions(body: CompletionRequest):
     choices: list[dict] = []
     prompt_tokens = completion_tokens = 0
     target_s = 0.0
+    recalled = True
     for i, user_input in enumerate(inputs):
         request = await render_async(served, user_input, body.stops())
         result, seconds = await _complete(served, request, params, body.n)
+        recalled = recalled and result.recalled
         texts = [_finalize(served, t) for t in result.texts]
         _shadow(served, user_input, texts[0], params["max_tokens"])
         prefix = user_input if body.echo else ""
@@ -519,7 +533,7 @@ async def completions(body: CompletionRequest):
 
     if not body.stream:
         return JSONResponse({**head, "object": "text_completion", "choices": choices, "usage": usage},
-                            headers=_headers(served, target_s, total_start))
+                            headers=_headers(served, target_s, total_start, recalled))
 
     async def buffered() -> AsyncIterator[bytes]:
         for c in choices:
