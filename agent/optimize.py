@@ -560,7 +560,7 @@ def validation_scores(bundle: Bundle, val: list[TrainItem], target: str, *, max_
 
 def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict | None = None, budget_calls: int = 60,
          max_tokens: int = 24, seed: int = 0, ks: tuple[int, ...] = (1, 2, 4, 8),
-         complete: Callable[..., Any] | None = None, score: Score | None = None) -> TuneResult:
+         complete: Callable[..., Any] | None = None, score: Score | None = None, recall: bool = True) -> TuneResult:
     """foster's own search over k, the pool (full or condensed), fixed vs retrieved examples and the rules
     on or off, greedy answers on `val` (train probes the pool is stripped of while tuning). Works with no
     model besides the target; `budget_calls` counts target calls, a configuration is tried only if a
@@ -604,8 +604,10 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
                rule="a configuration replaces the seed only when its paired difference's 95 % interval is above 0")
     tuned = _rebuild(incumbent.bundle)
     compact = _rebuild(smallest.bundle) if smallest is not incumbent else None
-    recall, log["recall"] = recall_choice([incumbent, smallest], val, score=score, seed=seed)
-    return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores, recall)
+    recall_bundle = None
+    if recall:
+        recall_bundle, log["recall"] = recall_choice([incumbent, smallest], val, score=score, seed=seed)
+    return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores, recall_bundle)
 
 
 RECALL_THRESHOLDS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)  # cosine, all-MiniLM-L6-v2 by default

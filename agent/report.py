@@ -80,8 +80,8 @@ def markdown(report: dict) -> str:
         for v in s.get("variants", []):
             errs = sum(1 for f in v.get("lint") or [] if f.get("severity") == "error")
             rec = v.get("recalled")
-            out.append(f"| {v['variant']}{' (baseline)' if v.get('baseline') else ''}"
-                       + (f" ({rec['n']}/{rec['of']} recalled at cosine ≥ {rec['threshold']})" if rec else "")
+            recalled = f" ({rec['n']}/{rec['of']} recalled at cosine ≥ {rec['threshold']})" if rec else ""
+            out.append(f"| {v['variant']}{' (baseline)' if v.get('baseline') else ''}{recalled}"
                        f"{' **shipped**' if v['variant'] == s['best']['variant'] else ''} | "
                        f"{_iv(v.get('interval'), v.get('fidelity'))} | {_diff(v.get('vs_best'))} | {_diff(v.get('vs_copy'))} | "
                        f"{_f(v.get('sampled_agreement'))} | {_f(v.get('calibration_gap'))} | "
