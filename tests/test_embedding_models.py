@@ -78,8 +78,9 @@ def test_saved_bundle_stores_the_named_models_vectors_and_embeds_only_the_query_
         chosen = loaded.select_examples(query)
         assert chosen == _nearest_directly(bundle.examples, query, 3), query
         assert loaded.messages(query)[-2 * 3 - 1:-1:2] == [{"role": "user", "content": e.input} for e in chosen]
-    # one call per render (select_examples, then messages), each with the input only: the stored pool was not embedded
-    assert provider.calls == [[query] for query in QUERIES for _ in range(2)]
+    # one call per input, with the input only: the stored pool was not embedded, and messages() reuses the
+    # embedding select_examples() (or recall()) just made for the same input
+    assert provider.calls == [[query] for query in QUERIES]
 
     fresh = _bundle()  # nothing stored: embeds its pool itself, in float32
     assert [fresh.select_examples(q) for q in QUERIES] == [loaded.select_examples(q) for q in QUERIES]
