@@ -610,7 +610,22 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
     return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores, recall_bundle)
 
 
-RECALL_THRESHOLDS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)  # cosine, all-MiniLM-L6-v2 by default
+RECALL_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)  # cosine, all-MiniLM-L6-v2 by default
+RECALL_FLOOR_QUANTILE = 0.05  # never below how close all but 5 % of recorded inputs are to their nearest other one
+
+
+def recall_floor(bundle: Bundle) -> float:
+    """How far from the pool an input may be and still count as one of its kind: the 5th percentile of
+    each pool input's cosine to its nearest other pool input. Below it an input is unlike what was
+    recorded (out of distribution), and the target answers it."""
+    import numpy as np
+
+    pool = bundle._vectors()
+    if len(pool) < 2:
+        return 1.0
+    sims = pool @ pool.T
+    np.fill_diagonal(sims, -1.0)
+    return float(np.quantile(sims.max(axis=1), RECALL_FLOOR_QUANTILE))
 
 
 def _without(bundle: Bundle, val: list[TrainItem]) -> Bundle:
@@ -625,7 +640,8 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
 
     Costs no target call: on each validation input the rule gives either the nearest pool answer (pool
     stripped of the validation inputs, as the trial was) or the answer the trial already got. The
-    highest threshold with the best mean is taken. Like `compact`, it is a candidate, not a replacement:
+    lowest threshold with the best mean is taken (each recall is a target call saved), never below the
+    pool's own floor (`recall_floor`). Like `compact`, it is a candidate, not a replacement:
     offered when it scores above the trial on validation, then measured on the held-out probes beside
     the others, where the ship rule decides."""
     from foster.agent.metrics import fidelity_interval
@@ -638,7 +654,10 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
             continue
         near = [tried.nearest(item.input) for item in val]
         copied = [agreement(example.output, item, tried.output_contract, score) for (example, _), item in zip(near, val)]
-        for tau in RECALL_THRESHOLDS:  # descending: an equal mean keeps the higher threshold (fewer recalls)
+        floor = recall_floor(tried)
+        log.setdefault("floor", {})[trial.name] = round(floor, 4)
+        # ascending: an equal mean keeps the lower threshold, which saves more target calls
+        for tau in [t for t in RECALL_THRESHOLDS if t >= floor] or [max(RECALL_THRESHOLDS)]:
             hybrid = [c if sim >= tau else t for (_, sim), c, t in zip(near, copied, trial.scores)]
             mean = sum(hybrid) / len(hybrid)
             if best is None or (mean, -trial.tokens) > (best[0], -best[1].tokens):
