@@ -640,8 +640,9 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
 
     Costs no target call: on each validation input the rule gives either the nearest pool answer (pool
     stripped of the validation inputs, as the trial was) or the answer the trial already got. The
-    lowest threshold with the best mean is taken (each recall is a target call saved), never below the
-    pool's own floor (`recall_floor`). Like `compact`, it is a candidate, not a replacement:
+    lowest threshold whose score is within the 95 % interval of the best threshold's is taken (each
+    recall is a target call saved, as the ship rule takes the fewest tokens within the best's
+    interval), never below the pool's own floor (`recall_floor`). Like `compact`, it is a candidate, not a replacement:
     offered when it scores above the trial on validation, then measured on the held-out probes beside
     the others, where the ship rule decides."""
     from foster.agent.metrics import fidelity_interval
@@ -656,20 +657,26 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
         copied = [agreement(example.output, item, tried.output_contract, score) for (example, _), item in zip(near, val)]
         floor = recall_floor(tried)
         log.setdefault("floor", {})[trial.name] = round(floor, 4)
-        # ascending: an equal mean keeps the lower threshold, which saves more target calls
+        tried_here = []
         for tau in [t for t in RECALL_THRESHOLDS if t >= floor] or [max(RECALL_THRESHOLDS)]:
             hybrid = [c if sim >= tau else t for (_, sim), c, t in zip(near, copied, trial.scores)]
-            mean = sum(hybrid) / len(hybrid)
-            if best is None or (mean, -trial.tokens) > (best[0], -best[1].tokens):
-                best = (mean, trial, tau, hybrid, sum(sim >= tau for _, sim in near))
+            tried_here.append((sum(hybrid) / len(hybrid), tau, hybrid, sum(sim >= tau for _, sim in near)))
+        top = max(tried_here, key=lambda x: (x[0], -x[1]))
+        exact = trial.bundle.output_contract.format != "text" or getattr(score, "binary", False)
+        # as the ship rule takes the fewest tokens within the best's interval: the lowest threshold (the
+        # most target calls saved) whose validation score is within the 95 % interval of the best one
+        low = fidelity_interval(top[2], exact)["low"]
+        mean, tau, hybrid, hits = min((x for x in tried_here if x[0] >= low), key=lambda x: x[1])
+        if best is None or (top[0], -trial.tokens) > (best[5], -best[1].tokens):
+            best = (mean, trial, tau, hybrid, hits, top[0])
     if best is None:
         log["note"] = "no knn configuration with a pool: nothing to recall from"
         return None, log
-    mean, trial, tau, hybrid, hits = best
+    mean, trial, tau, hybrid, hits, top_mean = best
     exact = trial.bundle.output_contract.format != "text" or getattr(score, "binary", False)
     won, diff = beats(hybrid, trial.scores, seed=seed)
-    offered = mean > sum(trial.scores) / len(trial.scores)
-    log.update(base=trial.name, threshold=tau, recalled=hits, of=len(val), score=fidelity_interval(hybrid, exact),
+    offered = top_mean > sum(trial.scores) / len(trial.scores)  # the rule helps at some threshold
+    log.update(base=trial.name, threshold=tau, best_threshold_score=round(top_mean, 4), recalled=hits, of=len(val), score=fidelity_interval(hybrid, exact),
                without=fidelity_interval(trial.scores, exact), vs_without=diff, beats_by_interval=won, offered=offered)
     if not offered:
         return None, log
