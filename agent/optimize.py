@@ -623,9 +623,12 @@ def recall_floor(bundle: Bundle) -> float:
     pool = bundle._vectors()
     if len(pool) < 2:
         return 1.0
-    sims = pool @ pool.T
-    np.fill_diagonal(sims, -1.0)
-    return float(np.quantile(sims.max(axis=1), RECALL_FLOOR_QUANTILE))
+    nearest = np.empty(len(pool), dtype=np.float32)
+    for start in range(0, len(pool), 1024):  # blocks: a history of thousands never builds an n x n matrix
+        block = pool[start:start + 1024] @ pool.T
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = -1.0
+        nearest[start:start + len(block)] = block.max(axis=1)
+    return float(np.quantile(nearest, RECALL_FLOOR_QUANTILE))
 
 
 def _without(bundle: Bundle, val: list[TrainItem]) -> Bundle:
@@ -642,13 +645,14 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
     stripped of the validation inputs, as the trial was) or the answer the trial already got. The
     lowest threshold whose score is within the 95 % interval of the best threshold's is taken (each
     recall is a target call saved, as the ship rule takes the fewest tokens within the best's
-    interval), never below the pool's own floor (`recall_floor`). Like `compact`, it is a candidate, not a replacement:
-    offered when it scores above the trial on validation, then measured on the held-out probes beside
-    the others, where the ship rule decides."""
+    interval), never below the pool's own floor (`recall_floor`). Like `compact`, it is a candidate, not
+    a replacement: offered when some threshold scores above the trial on validation, then measured on
+    the held-out probes beside the others, where the ship rule decides."""
     from foster.agent.metrics import fidelity_interval
 
     log: dict[str, Any] = {"thresholds": list(RECALL_THRESHOLDS)}
     best: tuple | None = None
+    exact = trials[0].bundle.output_contract.format != "text" or getattr(score, "binary", False)
     for trial in [t for i, t in enumerate(trials) if all(t is not u for u in trials[:i])]:
         tried = _without(trial.bundle, val)
         if tried.selection.kind != "knn" or not tried.examples:
@@ -662,7 +666,6 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
             hybrid = [c if sim >= tau else t for (_, sim), c, t in zip(near, copied, trial.scores)]
             tried_here.append((sum(hybrid) / len(hybrid), tau, hybrid, sum(sim >= tau for _, sim in near)))
         top = max(tried_here, key=lambda x: (x[0], -x[1]))
-        exact = trial.bundle.output_contract.format != "text" or getattr(score, "binary", False)
         # as the ship rule takes the fewest tokens within the best's interval: the lowest threshold (the
         # most target calls saved) whose validation score is within the 95 % interval of the best one
         low = fidelity_interval(top[2], exact)["low"]
@@ -673,11 +676,10 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
         log["note"] = "no knn configuration with a pool: nothing to recall from"
         return None, log
     mean, trial, tau, hybrid, hits, top_mean = best
-    exact = trial.bundle.output_contract.format != "text" or getattr(score, "binary", False)
     won, diff = beats(hybrid, trial.scores, seed=seed)
     offered = top_mean > sum(trial.scores) / len(trial.scores)  # the rule helps at some threshold
-    log.update(base=trial.name, threshold=tau, best_threshold_score=round(top_mean, 4), recalled=hits, of=len(val), score=fidelity_interval(hybrid, exact),
-               without=fidelity_interval(trial.scores, exact), vs_without=diff, beats_by_interval=won, offered=offered)
+    log.update(base=trial.name, threshold=tau, best_threshold_score=round(top_mean, 4), recalled=hits, of=len(val),
+               score=fidelity_interval(hybrid, exact), without=fidelity_interval(trial.scores, exact), vs_without=diff, beats_by_interval=won, offered=offered)
     if not offered:
         return None, log
     selection = trial.bundle.selection.model_copy(update={"recall_above": tau})

@@ -211,7 +211,7 @@ def test_the_recall_rule_needs_knn_and_leaves_older_bundle_ids_alone():
                   examples=[Example(input="refund please", output="billing")])
     with pytest.raises(ValueError, match="recall_above needs knn"):
         Bundle(**fields, selection=ExampleSelection(kind="fixed", recall_above=0.9))
-    for bad in (0.0, 1.5, -1):
+    for bad in (0.0, 1.5, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             ExampleSelection(kind="knn", recall_above=bad)
     plain = Bundle(**fields, selection=ExampleSelection(kind="knn", k=1))
