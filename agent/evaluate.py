@@ -244,10 +244,19 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
         "sampled_agreement": best.get("sampled_agreement"),
         "divergence_clusters": divergent, "fidelity_method": method,
     }
+    # per-probe values behind the ceiling and the best variant's figure: a fraction of the ceiling gets an
+    # interval that carries both estimates' noise (metrics.ratio_interval)
+    ceiling_scores = [metrics.self_agreement(spec["probes"][p["id"]]["dist"]) for p in held
+                      if (spec["probes"].get(p["id"]) or {}).get("sampled") and spec["probes"][p["id"]].get("dist")]
     if free:
         summary["freetext"] = {**free, "calibration_method": best.get("calibration_method")}
         if ctx.config.fidelity == "auto":  # the ceiling of the metric that scores: the teacher against itself under it
             summary["ceiling"] = free["ceiling"].get(free["primary"]) or summary["ceiling"]
+            ceiling_scores = free["ceiling_scores"].get(free["primary"]) or ceiling_scores
+    if kind == "closed" or (free and ctx.config.fidelity == "auto"):
+        summary["ceiling_scores"] = [round(x, 4) for x in ceiling_scores]
+        summary["best_scores"] = [round(x, 4) for x in best["_scores"]]
+        summary["best_fraction_of_ceiling"] = metrics.ratio_interval(best["_scores"], ceiling_scores, seed=ctx.config.seed)
     return summary, columns, answers
 
 

@@ -140,9 +140,10 @@ def _pairs(samples: list[str]) -> list[tuple[str, str]]:
     return [(a, b) for i, a in enumerate(samples) for b in samples[i + 1:]]
 
 
-def ceilings(teacher_samples: list[list[str]], structure: Structure) -> dict[str, float | None]:
+def ceilings(teacher_samples: list[list[str]], structure: Structure, per_probe: dict | None = None) -> dict[str, float | None]:
     """The teacher against itself under each metric: the chance two of its samples for a probe agree
-    (exact, structure), the mean cosine between them (similarity)."""
+    (exact, structure), the mean cosine between them (similarity). `per_probe`, when given, receives each
+    metric's per-probe values (what an interval on the ceiling resamples)."""
     from foster.agent import metrics
 
     exact, struct, pairs = [], [], []
@@ -159,6 +160,8 @@ def ceilings(teacher_samples: list[list[str]], structure: Structure) -> dict[str
     per: dict[int, list[float]] = {}
     for (_, _, i), s in zip(pairs, sims):
         per.setdefault(i, []).append(s)
+    if per_probe is not None:
+        per_probe.update(exact=exact, structure=struct, similarity=[metrics.mean(v) for _, v in sorted(per.items())])
     return {"exact": round(metrics.mean(exact), 4), "structure": round(metrics.mean(struct), 4),
             "similarity": round(metrics.mean(metrics.mean(v) for v in per.values()), 4)}
 
@@ -383,7 +386,8 @@ def evaluate_free(ctx, spec: dict, held: list[dict], train: list[dict], refs: li
     variant's fidelity becomes its primary metric, so best-variant choice, threshold and verdict read the
     figure that does not flatter. Returns (the summary's "freetext" section, the fidelity method)."""
     structure = mine_structure([s for ss in teacher_samples(spec, train or held) for s in ss])
-    ceiling = ceilings(teacher_samples(spec, held), structure)
+    per_probe: dict = {}
+    ceiling = ceilings(teacher_samples(spec, held), structure, per_probe)
     setting = ctx.config.primary_metric
     primary, why = choose_primary(ceiling, setting)
     auto = ctx.config.fidelity == "auto"
@@ -396,7 +400,8 @@ def evaluate_free(ctx, spec: dict, held: list[dict], train: list[dict], refs: li
         if auto:
             r["fidelity"], r["_scores"] = panel["primary_value"], scores[primary]
     section = {"structure": structure.describe(), "structure_spec": structure.model_dump(), "ceiling": ceiling,
-               "primary": primary, "primary_reason": why, "primary_setting": setting, "scores_verdict": auto}
+               "primary": primary, "primary_reason": why, "primary_setting": setting, "scores_verdict": auto,
+               "ceiling_scores": {k: [round(x, 4) for x in v] for k, v in per_probe.items()}}
     if auto:
         method = (f"{primary} agreement with the teacher's greedy answer ({why}); exact, structure and "
                   f"embedding similarity reported side by side")

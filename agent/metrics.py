@@ -122,6 +122,21 @@ def fidelity_interval(scores, exact: bool, seed: int = 0) -> dict:
     return {"value": round(mean(values), 4), "n": n, "low": round(low, 4), "high": round(high, 4), "method": method}
 
 
+def ratio_interval(numerator, denominator, seed: int = 0) -> dict:
+    """mean(numerator) / mean(denominator) with a 95 % percentile-bootstrap interval, each side resampled
+    over its own probes: a fraction of the ceiling, where the ceiling is itself an estimate on the probes
+    the teacher was sampled on (a few dozen), so its noise belongs in the interval too."""
+    x, y = np.asarray(list(numerator), dtype=float), np.asarray(list(denominator), dtype=float)
+    if len(x) == 0 or len(y) == 0 or y.mean() <= 0:
+        return {"value": None, "n": len(x), "n_ceiling": len(y), "low": None, "high": None, "method": "bootstrap ratio"}
+    num, den = _resample_means(x, seed), _resample_means(y, seed + 1)
+    ratios = num / np.where(den > 0, den, np.nan)
+    ratios = ratios[~np.isnan(ratios)]
+    return {"value": round(float(x.mean() / y.mean()), 4), "n": len(x), "n_ceiling": len(y),
+            "low": round(float(np.percentile(ratios, 2.5)), 4), "high": round(float(np.percentile(ratios, 97.5)), 4),
+            "method": "bootstrap ratio (each side resampled over its own probes)"}
+
+
 def paired_difference(a, b, seed: int = 0) -> dict:
     """mean(a - b) over the same probes with a paired bootstrap 95 % interval: two variants (or a
     variant and the copy baseline) are compared on the probes they share, not by their two

@@ -606,7 +606,7 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
     compact = _rebuild(smallest.bundle) if smallest is not incumbent else None
     recall_bundle = None
     if recall:
-        recall_bundle, log["recall"] = recall_choice([incumbent, smallest], val, score=score, seed=seed)
+        recall_bundle, log["recall"] = recall_choice([incumbent, smallest, *trials], val, score=score, seed=seed)
     return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores, recall_bundle)
 
 
@@ -651,8 +651,8 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
     from foster.agent.metrics import fidelity_interval
 
     log: dict[str, Any] = {"thresholds": list(RECALL_THRESHOLDS)}
-    best: tuple | None = None
     exact = trials[0].bundle.output_contract.format != "text" or getattr(score, "binary", False)
+    options = []  # per knn configuration: (mean, trial, tau, hybrid, hits, best threshold's mean, its hybrid)
     for trial in [t for i, t in enumerate(trials) if all(t is not u for u in trials[:i])]:
         tried = _without(trial.bundle, val)
         if tried.selection.kind != "knn" or not tried.examples:
@@ -670,12 +670,19 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
         # most target calls saved) whose validation score is within the 95 % interval of the best one
         low = fidelity_interval(top[2], exact)["low"]
         mean, tau, hybrid, hits = min((x for x in tried_here if x[0] >= low), key=lambda x: x[1])
-        if best is None or (top[0], -trial.tokens) > (best[5], -best[1].tokens):
-            best = (mean, trial, tau, hybrid, hits, top[0])
-    if best is None:
+        options.append((mean, trial, tau, hybrid, hits, top[0], top[2]))
+    if not options:
         log["note"] = "no knn configuration with a pool: nothing to recall from"
         return None, log
-    mean, trial, tau, hybrid, hits, top_mean = best
+    # The base, by the ship rule too: recall costs no target call, so every knn configuration tried is
+    # a candidate, and the one with the fewest prompt tokens among those whose best recall score is
+    # within the 95 % interval of the best one's is taken (a recall bundle's non-recalled inputs still
+    # pay its full prompt).
+    leader = max(options, key=lambda o: (o[5], -o[1].tokens))
+    low = fidelity_interval(leader[6], exact)["low"]
+    best = min((o for o in options if o[5] >= low), key=lambda o: (o[1].tokens, -o[5]))
+    log["bases"] = {o[1].name: {"best_threshold_score": round(o[5], 4), "tokens": o[1].tokens} for o in options}
+    mean, trial, tau, hybrid, hits, top_mean, _ = best
     won, diff = beats(hybrid, trial.scores, seed=seed)
     offered = top_mean > sum(trial.scores) / len(trial.scores)  # the rule helps at some threshold
     log.update(base=trial.name, threshold=tau, best_threshold_score=round(top_mean, 4), recalled=hits, of=len(val),

@@ -46,6 +46,7 @@ class Settings:
     seconds: float = 480.0
     synthetic: int = 0
     samples: int = 1
+    sampled_probes: int = 100  # probes sampled at every temperature: the ceiling's held-out part is measured on these
     budget_calls: int = 40
     max_rounds: int = 1
     general_per_category: int = 0  # 0: all 40 per category (120)
@@ -75,6 +76,11 @@ def _arm(v: dict | None) -> dict:
             "hedge_rate": v.get("hedge_rate"), "teacher_hedge_rate": v.get("teacher_hedge_rate")}
 
 
+def _ratio_iv(a: dict) -> str:
+    r = a.get("fraction_of_ceiling_interval") or {}
+    return f" [{r['low']:.2f}, {r['high']:.2f}]" if r.get("low") is not None else ""
+
+
 def _adapter(section: dict) -> dict:
     p = section.get("freetext") or {}
     g = section.get("general_capability") or {}
@@ -82,6 +88,7 @@ def _adapter(section: dict) -> dict:
             "similarity": p.get("similarity"), "warning": p.get("warning"),
             "calibration_gap": section.get("calibration_gap"), "hedge_rate": section.get("hedge_rate"),
             "fraction_of_ceiling": section.get("fraction_of_ceiling"), "status": section.get("status"),
+            "fraction_of_ceiling_interval": section.get("fraction_of_ceiling_interval"),
             "error": section.get("error"), "general_agreement": g.get("agreement"), "general_interval": g.get("interval"),
             "general_cost_points": g.get("cost_points"), "general_cost_interval": g.get("cost_interval"),
             "general_n": g.get("n"), "plain_sampled_agreement": g.get("plain_sampled_agreement"),
@@ -118,7 +125,7 @@ def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save, out: dic
     hs = EXAMPLES / "house_style"
     config = {"teacher": f"local/smollm2-135m-instruct@{hs / 'teacher'}", "targets": list(targets),
               "inputs": _subset(hs / "data" / "history.jsonl", s.history, tmp / "history.jsonl"), "task": HOUSE_TASK,
-              "temperatures": [0.0, 0.7, 1.0], "samples": s.samples, "synth_per_kind": 1, "optimizer": "auto",
+              "temperatures": [0.0, 0.7, 1.0], "samples": s.samples, "sampled_probes": s.sampled_probes, "synth_per_kind": 1, "optimizer": "auto",
               "budget_calls": s.budget_calls, "max_rounds": s.max_rounds, "lora_fallback": False, "max_new_tokens": 32,
               "holdout_fraction": s.holdout_fraction, "max_probes": s.history + 20, "threshold": 0.9, "seed": s.seed,
               "run_id": f"bench-freetext-{time.strftime('%Y%m%d-%H%M%S')}"}
@@ -218,7 +225,7 @@ def markdown(r: dict) -> str:
                 frac = a.get("fraction_of_ceiling") if arm == "lora" else (
                     a["fidelity"] / v["ceiling"] if a.get("fidelity") is not None and v.get("ceiling") else None)
                 out.append(f"| {t} | {label} | {_iv(a.get('exact'))} | {_iv(a.get('structure'))} | {_iv(a.get('similarity'))} | "
-                           f"{_g(v.get('ceiling'))} ({v.get('primary')}) | {_g(frac)} | {_g(a.get('calibration_gap'))} | "
+                           f"{_g(v.get('ceiling'))} ({v.get('primary')}) | {_g(frac)}{_ratio_iv(a)} | {_g(a.get('calibration_gap'))} | "
                            f"{_g(a.get('hedge_rate'))} ({_g(a.get('teacher_hedge_rate'))}) | {cost} |")
         for t, v in hs["targets"].items():
             out.append(f"\n- `{t}`: ceilings {v.get('ceilings')}; structure {v.get('structure')}; {v.get('calibration_method')}")
@@ -326,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=int, help="synthetic inputs the target writes for the adapter's data "
                    "(the discriminator keeps the in-distribution ones; the teacher answers them); default 0")
     p.add_argument("--adapters", help="train an adapter on this target only (default: every target, then a pilot run)")
+    p.add_argument("--sampled-probes", type=int, help="house_style probes sampled at every temperature (default 100); "
+                   "all of them measures the ceiling on every held-out probe")
     p.add_argument("--parts", nargs="+", default=["house_style", "relabel"], choices=["house_style", "relabel"])
     a = p.parse_args(argv)
     s = QUICK if a.quick else FULL
@@ -333,13 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seconds must be a positive number of seconds, got {a.seconds}")
     if a.synthetic is not None and a.synthetic < 0:
         p.error(f"--synthetic must be 0 or more, got {a.synthetic}")
-    for flag in ("history", "corpus", "steps"):
+    for flag in ("history", "corpus", "steps", "sampled_probes"):
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
-            p.error(f"--{flag} must be at least 1, got {getattr(a, flag)}")
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(a, flag)}")
     if a.adapters and a.adapters not in a.targets:
         p.error(f"--adapters {a.adapters!r} is not one of --targets")
     changes = {k: v for k, v in (("history", a.history), ("corpus", a.corpus), ("steps", a.steps),
-                                 ("seconds", a.seconds), ("adapters", a.adapters), ("synthetic", a.synthetic))
+                                 ("seconds", a.seconds), ("adapters", a.adapters), ("synthetic", a.synthetic),
+                                 ("sampled_probes", a.sampled_probes))
                if v is not None and v != ""}
     s = Settings(**{**asdict(s), **changes})
     run(a.quick, tuple(a.targets), s, tuple(a.parts))

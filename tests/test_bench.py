@@ -122,7 +122,8 @@ def test_compare_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatc
 @pytest.mark.parametrize("argv, says", [
     (["--seconds", "-5"], "--seconds"), (["--seconds", "nan"], "--seconds"), (["--seconds", "inf"], "--seconds"),
     (["--adapters", "local/not-a-target"], "--adapters"), (["--synthetic", "-1"], "--synthetic"),
-    (["--history", "0"], "--history"), (["--steps", "-3"], "--steps"),
+    (["--history", "0"], "--history"), (["--steps", "-3"], "--steps"), (["--corpus", "0"], "--corpus"),
+    (["--sampled-probes", "0"], "--sampled-probes"),
 ])
 def test_freetext_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatch):
     from bench import freetext

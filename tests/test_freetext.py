@@ -215,6 +215,10 @@ def test_free_text_run_reports_its_panel_and_the_configured_primary_metric_decid
     assert best["freetext"]["structure"]["value"] == 1.0 and best["freetext"]["similarity"]["value"] > 0.8
     assert report["verdict"] == "plateau below threshold"
     assert report["ceiling"] == ft["ceiling"]["exact"] and "primary metric (exact)" in report["ceiling_method"]
+    # the ceiling's per-probe values travel with it, so a fraction of the ceiling gets its own interval
+    assert len(t["ceiling_scores"]) == len(ft["ceiling_scores"]["exact"]) > 0
+    assert sum(t["ceiling_scores"]) / len(t["ceiling_scores"]) == pytest.approx(ft["ceiling"]["exact"], abs=1e-3)
+    assert t["best_fraction_of_ceiling"]["value"] == 0.0 and t["best_fraction_of_ceiling"]["n"] == len(t["best_scores"])
     # the tuner chose its configuration by the same primary metric, 0/1 per validation probe (not similarity)
     from foster.store.runs import RunRegistry
 
@@ -251,3 +255,19 @@ def test_free_text_run_reports_its_panel_and_the_configured_primary_metric_decid
     assert "primary metric: **structure** (configured; auto would have chosen exact, the strictest metric" in md
     assert "| exact | structure (primary) | similarity |" in md
     assert "free text: structure 1.000 [" in out and f"n={n} (configured; " in out, out
+
+
+def test_a_fraction_of_the_ceiling_carries_the_ceilings_own_noise():
+    """0.96 x a ceiling measured on 40 probes is not 0.96 x the teacher: the ratio's interval resamples the
+    ceiling's probes too, so it is wider than the adapter's own interval divided by the ceiling."""
+    from foster.agent import metrics
+
+    adapter = [1.0] * 95 + [0.0] * 25  # 0.792 on 120 held-out probes
+    ceiling = [1.0] * 30 + [0.5] * 6 + [0.0] * 4  # 0.825 on the 40 sampled ones
+    r = metrics.ratio_interval(adapter, ceiling, seed=0)
+    assert r["value"] == pytest.approx(0.792 / 0.825, abs=1e-3) and r["n"] == 120 and r["n_ceiling"] == 40
+    assert r["low"] < r["value"] < r["high"]
+    alone = metrics.fidelity_interval(adapter, exact=False)
+    assert r["high"] - r["low"] > (alone["high"] - alone["low"]) / 0.825
+    assert metrics.ratio_interval(adapter, [], seed=0)["value"] is None
+    assert metrics.ratio_interval(adapter, [0.0, 0.0], seed=0)["low"] is None

@@ -318,3 +318,19 @@ def test_the_recall_rule_is_offered_only_when_it_beats_the_target_on_validation(
     right, _ = fake_model(lambda r: _truth(r.messages[-1]["content"]), name="right")
     res = tune(_knn_base(), val, right, ingredients={}, budget_calls=100, ks=(4,))
     assert res.recall is None and res.log["recall"]["offered"] is False
+
+
+def test_the_recall_rule_sits_on_the_fewest_token_configuration_that_recalls_as_well(fake_model):
+    """Recall costs no target call, so its base is chosen as the ship rule chooses: every knn
+    configuration tried is a candidate and, where they recall equally well, the one with the fewest
+    prompt tokens carries the rule (its non-recalled inputs still pay its whole prompt)."""
+    model, backend = fake_model(lambda r: "nonsense")
+    val, _ = carve_validation(POOL_ITEMS, 8, seed=0)
+    base = _knn_base()
+    res = tune(base, val, model, ingredients={"system_plain": "Route the message."}, budget_calls=100, ks=(1, 4))
+    bases = res.log["recall"]["bases"]
+    assert {"seed", "rules off", "rules off, k=1"} <= set(bases)
+    assert len({b["best_threshold_score"] for b in bases.values()}) == 1  # the same pool recalls the same
+    assert res.log["recall"]["base"] == min(bases, key=lambda n: bases[n]["tokens"]) == "rules off, k=1"
+    assert res.recall.system_prompt == "Route the message." and res.recall.selection.k == 1
+    assert res.recall.token_counts()["o200k_base"] < base.token_counts()["o200k_base"]

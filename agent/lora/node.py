@@ -191,6 +191,8 @@ def evaluate(ctx: RunContext, state: dict, job: Path, target: str, model: str, b
     best = summary["best"]
     return {"model": model, "fidelity": best["fidelity"], "sampled_agreement": best.get("sampled_agreement"),
             "calibration_gap": best.get("calibration_gap"), "ceiling": summary["ceiling"],
+            # × ceiling with an interval carrying both the adapter's and the ceiling's sampling noise
+            "fraction_of_ceiling_interval": summary.get("best_fraction_of_ceiling"),
             # free text: exact / structure / similarity with intervals, hedge rate (agent/freetext.py)
             "freetext": best.get("freetext"), "hedge_rate": best.get("hedge_rate"),
             "calibration_method": best.get("calibration_method"),

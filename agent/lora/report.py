@@ -26,7 +26,7 @@ def lora_markdown(s: dict) -> str:
     if "fidelity" in s:
         g = s["general_capability"]
         out += ["", "| | fidelity | ceiling | × ceiling | calibration gap | sampled agr. |", "|---|---|---|---|---|---|",
-                f"| bundle + adapter | {f(s['fidelity'])} | {f(s['ceiling'])} | {f(s.get('fraction_of_ceiling'))} | "
+                f"| bundle + adapter | {f(s['fidelity'])} | {f(s['ceiling'])} | {f(s.get('fraction_of_ceiling'))}{_ratio(s)} | "
                 f"{f(s.get('calibration_gap'))} | {f(s.get('sampled_agreement'))} |",
                 f"| best bundle ({(s.get('best_bundle') or {}).get('variant')}) | {f((s.get('best_bundle') or {}).get('fidelity'))} | | | | |",
                 "", f"- general capability: **{f(g['agreement'])}** agreement with the plain target"
@@ -61,3 +61,11 @@ def lora_markdown(s: dict) -> str:
     for other in s.get("others") or []:
         out.append(lora_markdown(other).replace("## LoRA fallback", f"### Also trained: {other.get('target')}"))
     return "\n".join(out) + "\n"
+
+
+def _ratio(s: dict) -> str:
+    """The fraction of the ceiling's interval: the ceiling is measured on the sampled held-out probes only."""
+    r = s.get("fraction_of_ceiling_interval") or {}
+    if r.get("low") is None:
+        return ""
+    return f" [{r['low']:.2f}, {r['high']:.2f}] (n = {r['n']}, ceiling n = {r['n_ceiling']})"
