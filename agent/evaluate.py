@@ -109,7 +109,8 @@ def evaluate_variant(ctx: RunContext, cache: AnswerCache, bundle, target: str, p
         if hit is None:
             res = ask(bundle, target, p["text"], ctx.complete, temperature=t, max_tokens=c.max_new_tokens,
                       seed=stable_seed(c.seed, "target", p["id"], t, i))
-            hit = {"text": res.texts[0], "latency_s": res.latency_s, "cost": res.cost}
+            hit = {"text": res.texts[0], "latency_s": res.latency_s, "cost": res.cost,
+                   "recalled": res.recalled}  # no model call: budgets count calls, not answers
             cache.put(key, hit)
         return hit
 

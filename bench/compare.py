@@ -207,13 +207,20 @@ def run_foster(domain: Domain, settings: Settings, targets: tuple[str, ...]) -> 
     run_dir = RunRegistry().run_dir(run_id)
     report = json.loads((run_dir / "report.json").read_text())
     state = run_state(run_id)
-    answers = run_dir / "answers.json"
-    keys = list(json.loads(answers.read_text())) if answers.exists() else []
-    # AnswerCache keys are bundle|target|probe|temperature|sample: held-out evaluation calls per target
-    eval_calls = {t: sum(1 for k in keys if k.split("|")[1] == t) for t in targets}
+    eval_calls = _eval_calls(run_dir, targets)
     grid = json.loads((run_dir / "grid.json").read_text()) if (run_dir / "grid.json").exists() else {"rows": []}
     return {"run_id": run_id, "run_dir": str(run_dir), "config": config, "report": report, "state": state,
             "measured": m, "eval_calls": eval_calls, "grid": grid}
+
+
+def _eval_calls(run_dir: Path, targets) -> dict[str, int]:
+    """Held-out evaluation calls per target: AnswerCache keys are bundle|target|probe|temperature|sample, and
+    an answer a recall rule gave made no call (flagged; before the flag, the only answers with no latency),
+    so the calls left for the optimizers' budget are not undercounted."""
+    path = Path(run_dir) / "answers.json"
+    answers = json.loads(path.read_text()) if path.exists() else {}
+    called = [k for k, v in answers.items() if not v.get("recalled", v.get("latency_s", 1.0) == 0.0)]
+    return {t: sum(1 for k in called if k.split("|")[1] == t) for t in targets}
 
 
 def load_foster(run_dir: Path) -> dict:
@@ -227,8 +234,7 @@ def load_foster(run_dir: Path) -> dict:
     targets = list(report["targets"])
     usage, wall = report.get("usage") or {}, float(report.get("wall_seconds") or 0.0)
     m = {"wall_s": wall, "usage": usage, **_usage_figures(usage, targets[0], wall)}
-    keys = list(json.loads((run_dir / "answers.json").read_text())) if (run_dir / "answers.json").exists() else []
-    eval_calls = {t: sum(1 for k in keys if k.split("|")[1] == t) for t in targets}
+    eval_calls = _eval_calls(run_dir, targets)
     grid = json.loads((run_dir / "grid.json").read_text()) if (run_dir / "grid.json").exists() else {"rows": []}
     return {"run_id": report["run_id"], "run_dir": str(run_dir), "config": config, "report": report,
             "state": run_state(report["run_id"]), "measured": m, "eval_calls": eval_calls, "grid": grid}

@@ -132,3 +132,20 @@ def test_freetext_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypat
     with pytest.raises(SystemExit) as e:
         freetext.main(argv)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_recalled_answers_are_not_counted_as_evaluation_calls(tmp_path):
+    """A recall rule answers without a call: counting its answers as evaluation calls left the plain-DSPy
+    arms a budget of 1 target call (foster's calls minus more evaluation calls than were made)."""
+    import json
+
+    from bench.compare import _eval_calls
+
+    answers = {"b1|t|p1|0.0|0": {"text": "a", "latency_s": 0.4, "recalled": False},
+               "b1|t|p2|0.0|0": {"text": "a", "latency_s": 0.0, "recalled": True},
+               "b1|t|p3|0.0|0": {"text": "a", "latency_s": 0.0},  # before the flag: no latency, no call
+               "b1|t|p4|0.0|0": {"text": "a", "latency_s": 0.3},
+               "b1|u|p1|0.0|0": {"text": "a", "latency_s": 0.2}}
+    (tmp_path / "answers.json").write_text(json.dumps(answers))
+    assert _eval_calls(tmp_path, ["t", "u"]) == {"t": 2, "u": 1}
+    assert _eval_calls(tmp_path / "missing", ["t"]) == {"t": 0}
