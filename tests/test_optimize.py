@@ -334,3 +334,26 @@ def test_the_recall_rule_sits_on_the_fewest_token_configuration_that_recalls_as_
     assert res.log["recall"]["base"] == min(bases, key=lambda n: bases[n]["tokens"]) == "rules off, k=1"
     assert res.recall.system_prompt == "Route the message." and res.recall.selection.k == 1
     assert res.recall.token_counts()["o200k_base"] < base.token_counts()["o200k_base"]
+
+
+def test_the_recall_threshold_never_recalls_worse_than_the_target_answers(monkeypatch):
+    """On a small validation split the best threshold's interval is wide: the lowest threshold inside it
+    may recall worse than the configuration answers without the rule. The threshold is never taken
+    below the configuration's own validation score (house_style, 20 validation inputs: 0.30 at the chosen
+    threshold against 0.40 without the rule, before this)."""
+    from foster.agent import optimize
+    from foster.agent.optimize import Trial, recall_choice
+
+    val = [TrainItem(input=f"val input {i}", teacher_mode="billing", teacher_dist={"billing": 1.0}) for i in range(10)]
+    # input 0 sits on a recorded one (its copy is right, the target is wrong there); 1-4 are near (two of
+    # their copies wrong); 5-9 are far (every copy wrong)
+    near = {v.input: (Example(input="x", output="billing" if i in (0, 3, 4) else "other"),
+                      0.97 if i == 0 else 0.72 if i < 5 else 0.45) for i, v in enumerate(val)}
+    monkeypatch.setattr(Bundle, "nearest", lambda self, text: near[text])
+    monkeypatch.setattr(optimize, "recall_floor", lambda bundle: 0.0)
+    trial = Trial("seed", _knn_base(), [0.0] + [1.0] * 9, 100)
+    bundle, log = recall_choice([trial], val)
+    assert log["best_threshold_score"] == 1.0 and log["offered"]
+    # 0.6 and 0.7 score 0.8: inside 1.0's interval (Wilson low 0.72) but below the target's own 0.9
+    assert log["threshold"] == 0.75 and log["score"]["value"] == 1.0
+    assert bundle.selection.recall_above == 0.75
