@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
@@ -125,7 +126,10 @@ def mine_structure(outputs: list[str], share: float = 0.8) -> Structure:
             separator = sep
             fields = _band([len(o.split(s)) for o in outs], 0.0)
             break
-    return Structure(tag=has_tag, tags=sorted({t for t in tags if t}) if has_tag else [], separator=separator,
+    # a tag seen once among many outputs is a T = 1 slip ("[VISITT NORFOLK]"), as a one-off label is
+    seen = Counter(t for t in tags if t)
+    kept = sorted(t for t, c in seen.items() if c > 1 or n < 20)
+    return Structure(tag=has_tag, tags=kept if has_tag else [], separator=separator,
                      fields=fields, length=_band([len(o) for o in outs], 0.25),
                      one_line=sum("\n" not in o for o in outs) >= max(share, 0.9) * n, n=n)
 

@@ -65,6 +65,8 @@ def test_structure_is_mined_from_the_teacher_and_agreement_needs_the_tag():
     assert not s.conforms(chatty(type("R", (), {"messages_or_prompt": [{"role": "user", "content": MESSAGES[0]}]})()))
     assert not s.conforms("[NET] " + "very long " * 30 + "; ref #1")  # outside the length band
     assert "leading tag" in s.describe() and "36 teacher outputs" in s.describe()
+    slipped = mine_structure(outs + [outs[0].replace("[", "[VISITT NORFOLK ", 1)])  # a one-off T = 1 slip
+    assert slipped.tags == s.tags
 
 
 def test_similarity_that_flatters_is_flagged_and_the_strictest_sound_metric_is_primary():
