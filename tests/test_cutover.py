@@ -358,3 +358,21 @@ def test_readme_serving_block_runs_as_written(home, tmp_path):
 
     saved = DeploymentStore(home / "deployments.json").get("ft:gpt-4o-mini:acme:router")
     assert saved.active == 2 and [h.action for h in saved.history] == ["deploy", "replace", "rollback", "promote"]
+
+
+def test_a_deployment_written_by_another_process_is_served_at_once(tmp_path):
+    """`foster deploy` (another process) then a request within FRESH_S: the name is not in the server's
+    cached view, so it is checked on disk instead of answered with a 404 (the README block failed so)."""
+    import time as _time
+
+    from foster.ui.deployments import Deployment, DeploymentStore, Version
+
+    path = tmp_path / "deployments.json"
+    server, cli = DeploymentStore(path), DeploymentStore(path)
+    assert server.all() == []  # the server's view is now cached as empty
+    version = Version(version=1, bundle_id="abc123", target="local/smollm2-135m-instruct", created_at=_time.time())
+    cli.put(Deployment(name="ft:gpt-4o-mini:acme:router", bundle_id="abc123", target=version.target, active=1,
+                       versions=[version]))
+    found = server.get("ft:gpt-4o-mini:acme:router")
+    assert found is not None and found.bundle_id == "abc123"
+    assert server.get("no-such-model") is None

@@ -195,7 +195,9 @@ class DeploymentStore:
 
     def get(self, name: str) -> Deployment | None:
         with self._lock:
-            return self._read().get(name)
+            # a name not in the cached view is checked on disk at once: `foster deploy` in another process
+            # followed within FRESH_S by a request must not get a 404 (the README's serving block did)
+            return self._read().get(name) or self._read(fresh=True).get(name)
 
     def _write(self, found: dict[str, Deployment]) -> None:
         from foster.store.runs import write_json_atomic
