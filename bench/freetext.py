@@ -3,7 +3,8 @@
     python -m bench.freetext [--quick] [--history N] [--targets local/... ...] [--steps S] [--corpus M]
 
 1. house_style (a free-text house-style rewrite; the teacher is SmolLM2-135M + its LoRA): one foster run
-   probes the teacher from `--history` historical inputs (default all 300 of data/history.jsonl), then, per
+   probes the teacher from `--history` historical inputs (default the 300 of data/history.jsonl; up to 900
+   with data/history_more.jsonl), then, per
    target, the zero-shot baseline, the best bundle and a LoRA adapter (`foster lora RUN --target T`) are
    scored on the same held-out probes: exact, structure and similarity fidelity with intervals, the
    ceiling of the primary metric, the meaning-class calibration gap, hedge rate, and the adapter's
@@ -24,6 +25,7 @@ import datetime as dt
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 import traceback
@@ -60,10 +62,20 @@ QUICK = Settings(history=60, corpus=60, steps=40, seconds=420.0, synthetic=0, sa
                  general_per_category=10)
 
 
-def _subset(src: Path, n: int, out: Path) -> str:
-    lines = [x for x in src.read_text().splitlines() if x.strip()][:n]
-    out.write_text("\n".join(lines) + "\n")
+def _subset(src: Path | list[Path], n: int, out: Path) -> str:
+    """The first n rows of the files in order; more than they hold is refused, never silently fewer."""
+    lines = [x for f in ([src] if isinstance(src, Path) else src) for x in f.read_text().splitlines() if x.strip()]
+    if n > len(lines):
+        raise ValueError(f"{n} rows asked for, the data has {len(lines)}")
+    out.write_text("\n".join(lines[:n]) + "\n")
     return str(out)
+
+
+def house_history() -> list[Path]:
+    """house_style's historical inputs: data/history.jsonl (300), then data/history_more.jsonl (600 more of
+    the same traffic), so --history 300 reads exactly what the earlier runs read."""
+    data = EXAMPLES / "house_style" / "data"
+    return [data / "history.jsonl", data / "history_more.jsonl"]
 
 
 def _arm(v: dict | None) -> dict:
@@ -124,7 +136,7 @@ def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save, out: dic
     """Fills `out` (the result's own section) stage by stage, so every save() keeps what was measured."""
     hs = EXAMPLES / "house_style"
     config = {"teacher": f"local/smollm2-135m-instruct@{hs / 'teacher'}", "targets": list(targets),
-              "inputs": _subset(hs / "data" / "history.jsonl", s.history, tmp / "history.jsonl"), "task": HOUSE_TASK,
+              "inputs": _subset(house_history(), s.history, tmp / "history.jsonl"), "task": HOUSE_TASK,
               "temperatures": [0.0, 0.7, 1.0], "samples": s.samples, "sampled_probes": s.sampled_probes, "synth_per_kind": 1, "optimizer": "auto",
               "budget_calls": s.budget_calls, "max_rounds": s.max_rounds, "lora_fallback": False, "max_new_tokens": 32,
               "holdout_fraction": s.holdout_fraction, "max_probes": s.history + 20, "threshold": 0.9, "seed": s.seed,
@@ -264,7 +276,8 @@ def markdown(r: dict) -> str:
 
 
 def run(quick: bool | None = None, targets: tuple[str, ...] | list[str] = TARGETS, settings: Settings | None = None,
-        parts: tuple[str, ...] = ("house_style", "relabel"), out_dir: Path | None = None) -> dict:
+        parts: tuple[str, ...] = ("house_style", "relabel"), out_dir: Path | None = None,
+        command: str | None = None) -> dict:
     import foster.agent  # noqa: F401  (offline environment before litellm)
 
     if quick is None:
@@ -284,8 +297,9 @@ def run(quick: bool | None = None, targets: tuple[str, ...] | list[str] = TARGET
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "freetext", "date": dt.datetime.now().isoformat(timespec="seconds"),
                               "mode": "quick" if quick else "full", "settings": asdict(s), "targets": list(targets),
-                              "command": "python -m bench.freetext" + (" --quick" if quick else "")
-                              + (f" --parts {' '.join(parts)}" if part else ""), "foster_home": home,
+                              "command": command or ("python -m bench.freetext" + (" --quick" if quick else "")
+                                                     + (f" --parts {' '.join(parts)}" if part else "")),
+                              "foster_home": home,
                               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                           "load_average_at_start": os.getloadavg()}}
 
@@ -335,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapters", help="train an adapter on this target only (default: every target, then a pilot run)")
     p.add_argument("--sampled-probes", type=int, help="house_style probes sampled at every temperature (default 100); "
                    "all of them measures the ceiling on every held-out probe")
+    p.add_argument("--holdout-fraction", type=float, help="share of the house_style history held out "
+                   "(foster holds out at least 100 probes where the history allows); default 0.4")
     p.add_argument("--parts", nargs="+", default=["house_style", "relabel"], choices=["house_style", "relabel"])
     a = p.parse_args(argv)
     s = QUICK if a.quick else FULL
@@ -342,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seconds must be a positive number of seconds, got {a.seconds}")
     if a.synthetic is not None and a.synthetic < 0:
         p.error(f"--synthetic must be 0 or more, got {a.synthetic}")
+    if a.holdout_fraction is not None and not 0 < a.holdout_fraction < 1:
+        p.error(f"--holdout-fraction must be between 0 and 1, got {a.holdout_fraction}")
+    have = sum(len([x for x in f.read_text().splitlines() if x.strip()]) for f in house_history())
+    if a.history is not None and a.history > have:
+        p.error(f"--history {a.history}: house_style has {have} historical inputs")
     for flag in ("history", "corpus", "steps", "sampled_probes"):
         if getattr(a, flag) is not None and getattr(a, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(a, flag)}")
@@ -349,10 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--adapters {a.adapters!r} is not one of --targets")
     changes = {k: v for k, v in (("history", a.history), ("corpus", a.corpus), ("steps", a.steps),
                                  ("seconds", a.seconds), ("adapters", a.adapters), ("synthetic", a.synthetic),
-                                 ("sampled_probes", a.sampled_probes))
+                                 ("sampled_probes", a.sampled_probes), ("holdout_fraction", a.holdout_fraction))
                if v is not None and v != ""}
     s = Settings(**{**asdict(s), **changes})
-    run(a.quick, tuple(a.targets), s, tuple(a.parts))
+    import shlex
+
+    run(a.quick, tuple(a.targets), s, tuple(a.parts),
+        command=shlex.join(["python", "-m", "bench.freetext", *(sys.argv[1:] if argv is None else argv)]))
     return 0
 
 

@@ -123,7 +123,8 @@ def test_compare_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatc
     (["--seconds", "-5"], "--seconds"), (["--seconds", "nan"], "--seconds"), (["--seconds", "inf"], "--seconds"),
     (["--adapters", "local/not-a-target"], "--adapters"), (["--synthetic", "-1"], "--synthetic"),
     (["--history", "0"], "--history"), (["--steps", "-3"], "--steps"), (["--corpus", "0"], "--corpus"),
-    (["--sampled-probes", "0"], "--sampled-probes"),
+    (["--sampled-probes", "0"], "--sampled-probes"), (["--history", "901"], "900 historical inputs"),
+    (["--holdout-fraction", "1"], "--holdout-fraction"), (["--holdout-fraction", "0"], "--holdout-fraction"),
 ])
 def test_freetext_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatch):
     from bench import freetext
@@ -132,6 +133,21 @@ def test_freetext_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypat
     with pytest.raises(SystemExit) as e:
         freetext.main(argv)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_house_history_keeps_the_first_300_and_refuses_more_than_it_has(tmp_path):
+    """--history 300 reads exactly data/history.jsonl (the earlier runs' inputs); more reads on into
+    history_more.jsonl; more than both hold is an error, never a silently shorter history."""
+    from bench import freetext
+
+    files = freetext.house_history()
+    first = [x for x in files[0].read_text().splitlines() if x.strip()]
+    assert len(first) == 300
+    assert Path(freetext._subset(files, 300, tmp_path / "a.jsonl")).read_text().splitlines() == first
+    more = Path(freetext._subset(files, 600, tmp_path / "b.jsonl")).read_text().splitlines()
+    assert more[:300] == first and len(set(more)) == 600
+    with pytest.raises(ValueError, match="900"):
+        freetext._subset(files, 901, tmp_path / "c.jsonl")
 
 
 def test_recalled_answers_are_not_counted_as_evaluation_calls(tmp_path):

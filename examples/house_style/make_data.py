@@ -7,7 +7,8 @@ summary in its house style (README.md lists the conventions). Every summary is a
 message alone, so a small fine-tune can learn it; a base model cannot guess it.
 
 Writes data/train.jsonl (input, output), data/inputs.jsonl (40 historical inputs, no outputs),
-data/history.jsonl (300 more historical inputs, no outputs) and data/gold.jsonl (held-out pairs used
+data/history.jsonl (300 more historical inputs, no outputs), data/history_more.jsonl (600 after those)
+and data/gold.jsonl (held-out pairs used
 only to grade the teacher). Splits are disjoint by text.
 """
 
@@ -22,8 +23,8 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 SEED = 20250301
 
-# history comes last so the earlier splits (and the teacher trained on train.jsonl) stay byte-identical
-SIZES = {"gold": 40, "inputs": 40, "train": 300, "history": 300}
+# history_more comes after history, and history after the rest, so the earlier splits (and the teacher trained on train.jsonl) stay byte-identical
+SIZES = {"gold": 40, "inputs": 40, "train": 300, "history": 300, "history_more": 600}
 
 # Slot values as the customer writes them -> as the house style writes them.
 DAYS = {"2 days": "2d", "3 days": "3d", "4 days": "4d", "a week": "7d", "10 days": "10d", "two weeks": "14d"}
@@ -171,6 +172,8 @@ def main() -> None:
     write_jsonl(DATA / "inputs.jsonl", [{"input": r["input"]} for r in splits["inputs"]])
     # a support desk's recent traffic: 300 historical inputs (no outputs) to probe from at realistic scale
     write_jsonl(DATA / "history.jsonl", [{"input": r["input"]} for r in splits["history"]])
+    # the same traffic, longer: bench.freetext --history N > 300 reads these after history.jsonl
+    write_jsonl(DATA / "history_more.jsonl", [{"input": r["input"]} for r in splits["history_more"]])
     for name, rows in splits.items():
         print(f"{name}: {len(rows)}")
 
