@@ -256,6 +256,8 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
             ceiling_scores = free["ceiling_scores"].get(free["primary"]) or ceiling_scores
     if kind == "closed" or (free and ctx.config.fidelity == "auto"):
         summary["ceiling_scores"] = [round(x, 4) for x in ceiling_scores]
+        # the ceiling is itself an estimate over the sampled held-out probes: its own n and interval
+        summary["ceiling_interval"] = metrics.fidelity_interval(ceiling_scores, exact=False, seed=ctx.config.seed)
         summary["best_scores"] = [round(x, 4) for x in best["_scores"]]
         summary["best_fraction_of_ceiling"] = metrics.ratio_interval(best["_scores"], ceiling_scores, seed=ctx.config.seed)
     return summary, columns, answers

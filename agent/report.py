@@ -61,12 +61,20 @@ def _lint_lines(findings: list[dict]) -> list[str]:
             for f in findings]
 
 
+def _ceiling_iv(report: dict) -> str:
+    """The ceiling's own 95 % interval (bootstrap over the sampled held-out probes); the teacher's, so one
+    per run, carried on each target's summary."""
+    ci = next((s["ceiling_interval"] for s in report.get("targets", {}).values() if s.get("ceiling_interval")), None)
+    return f" [{ci['low']:.2f}, {ci['high']:.2f}] n={ci['n']}" if ci else ""
+
+
 def markdown(report: dict) -> str:
     out = [f"# foster report — run {report.get('run_id')}", "",
            f"- teacher: `{report.get('teacher')}` (path: {report.get('path')})",
            f"- verdict: **{report.get('verdict')}** (threshold {report.get('threshold')})",
            f"- answers: {report.get('answer_kind')}; fidelity method: {report.get('fidelity_method')}",
-           f"- ceiling (teacher self-agreement on held-out): {_f(report.get('ceiling'))} — {report.get('ceiling_method')}",
+           f"- ceiling (teacher self-agreement on held-out): {_f(report.get('ceiling'))}{_ceiling_iv(report)} — "
+           f"{report.get('ceiling_method')}",
            f"- probes: {report.get('train')} train, {report.get('held_out')} held out; kinds {report.get('probe_kinds')}",
            f"- refusal rate {_f(report.get('refusal_rate'))}, hedge rate {_f(report.get('hedge_rate'))}",
            f"- wall time {_f(report.get('wall_seconds'), 1)} s over {report.get('rounds')} round(s)", ""]

@@ -93,6 +93,11 @@ def _ratio_iv(a: dict) -> str:
     return f" [{r['low']:.2f}, {r['high']:.2f}]" if r.get("low") is not None else ""
 
 
+def _ceiling_iv(v: dict) -> str:
+    c = v.get("ceiling_interval") or {}
+    return f" [{c['low']:.2f}, {c['high']:.2f}] n={c['n']}" if c.get("low") is not None else ""
+
+
 def _adapter(section: dict) -> dict:
     p = section.get("freetext") or {}
     g = section.get("general_capability") or {}
@@ -149,7 +154,8 @@ def house_style(s: Settings, targets: tuple[str, ...], tmp: Path, save, out: dic
     for t in targets:
         tr = report["targets"].get(t) or {}
         ft = tr.get("freetext") or {}
-        out["targets"][t] = {"ceiling": tr.get("ceiling"), "ceilings": ft.get("ceiling"), "primary": ft.get("primary"),
+        out["targets"][t] = {"ceiling": tr.get("ceiling"), "ceiling_interval": tr.get("ceiling_interval"),
+                             "ceilings": ft.get("ceiling"), "primary": ft.get("primary"),
                              "structure": ft.get("structure"), "calibration_method": ft.get("calibration_method"),
                              "zero-shot": _arm(tr.get("zero_shot")),
                              "copy": _arm({"freetext": (tr.get("nearest_copy") or {}).get("freetext"),
@@ -237,7 +243,7 @@ def markdown(r: dict) -> str:
                 frac = a.get("fraction_of_ceiling") if arm == "lora" else (
                     a["fidelity"] / v["ceiling"] if a.get("fidelity") is not None and v.get("ceiling") else None)
                 out.append(f"| {t} | {label} | {_iv(a.get('exact'))} | {_iv(a.get('structure'))} | {_iv(a.get('similarity'))} | "
-                           f"{_g(v.get('ceiling'))} ({v.get('primary')}) | {_g(frac)}{_ratio_iv(a)} | {_g(a.get('calibration_gap'))} | "
+                           f"{_g(v.get('ceiling'))}{_ceiling_iv(v)} ({v.get('primary')}) | {_g(frac)}{_ratio_iv(a)} | {_g(a.get('calibration_gap'))} | "
                            f"{_g(a.get('hedge_rate'))} ({_g(a.get('teacher_hedge_rate'))}) | {cost} |")
         for t, v in hs["targets"].items():
             out.append(f"\n- `{t}`: ceilings {v.get('ceilings')}; structure {v.get('structure')}; {v.get('calibration_method')}")

@@ -221,6 +221,10 @@ def test_free_text_run_reports_its_panel_and_the_configured_primary_metric_decid
     assert len(t["ceiling_scores"]) == len(ft["ceiling_scores"]["exact"]) > 0
     assert sum(t["ceiling_scores"]) / len(t["ceiling_scores"]) == pytest.approx(ft["ceiling"]["exact"], abs=1e-3)
     assert t["best_fraction_of_ceiling"]["value"] == 0.0 and t["best_fraction_of_ceiling"]["n"] == len(t["best_scores"])
+    ci = t["ceiling_interval"]  # the ceiling's own n and interval, beside its point value
+    assert ci["n"] == len(t["ceiling_scores"]) and ci["low"] <= ci["value"] <= ci["high"]
+    assert ci["value"] == pytest.approx(t["ceiling"], abs=1e-3)
+    assert f"[{ci['low']:.2f}, {ci['high']:.2f}] n={ci['n']}" in md
     # the tuner chose its configuration by the same primary metric, 0/1 per validation probe (not similarity)
     from foster.store.runs import RunRegistry
 
