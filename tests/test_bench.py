@@ -95,6 +95,7 @@ def test_freetext_saves_each_stage_as_it_is_measured(tmp_path, monkeypatch):
         return {"fidelity": 0.5, "status": "done"}
 
     monkeypatch.setattr(freetext, "_lora", lora)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the run's FOSTER_HOME: not left behind in /tmp
     settings = freetext.Settings(corpus=10, general_per_category=0)
     try:
         freetext.run(False, ("local/fake",), settings, ("relabel",), out_dir=tmp_path)
