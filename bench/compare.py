@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -586,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the arms on a finished foster run (FOSTER_HOME/runs/RUN_ID) of the one --domains "
                              "given, instead of a new run; with --targets T, one process per target can run side by side")
     parser.add_argument("--name", default="", help="a suffix for the results files (compare-<date>-NAME.json|md)")
+    parser.add_argument("--seed", type=int, help="the run's seed (default 0): another seed draws another held-out "
+                        "split, so a change can be checked on probes that did not motivate it")
     args = parser.parse_args(argv)
     if args.from_run and (not args.domains or len(args.domains) != 1):
         parser.error("--from-run needs exactly one --domains (the domain that run probed)")
@@ -593,8 +596,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--from-run {args.from_run}: no report.json (not a finished foster run)")
     if args.name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", args.name):
         parser.error("--name: letters, digits, '.', '_' and '-' only (it is part of a file name)")
+    if args.seed is not None and args.seed < 0:
+        parser.error(f"--seed must be 0 or more, got {args.seed}")
+    settings = None
+    if args.seed is not None:
+        settings = dataclasses.replace(QUICK if args.quick else FULL, seed=args.seed)
     run(quick=args.quick, names=args.domains, targets=args.targets, arms=tuple(args.arms), from_run=args.from_run,
-        name=args.name)
+        name=args.name, settings=settings)
     return 0
 
 

@@ -110,6 +110,7 @@ def test_freetext_saves_each_stage_as_it_is_measured(tmp_path, monkeypatch):
     (["--domains", "ticket_routing", "--from-run", "/nonexistent/run"], "no report.json"),
     (["--from-run", "/tmp"], "exactly one --domains"),
     (["--domains", "ticket_routing", "--name", "../../etc/x"], "--name"),
+    (["--domains", "ticket_routing", "--seed", "-1"], "--seed"),
 ])
 def test_compare_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatch):
     from bench import compare
@@ -134,6 +135,15 @@ def test_freetext_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypat
     with pytest.raises(SystemExit) as e:
         freetext.main(argv)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_compare_seed_reaches_the_run(monkeypatch):
+    from bench import compare
+
+    seen = {}
+    monkeypatch.setattr(compare, "run", lambda **k: seen.update(k))
+    assert compare.main(["--domains", "clinc_travel", "--seed", "3"]) == 0
+    assert seen["settings"].seed == 3 and seen["settings"].budget_calls == compare.FULL.budget_calls
 
 
 def test_house_history_keeps_the_first_300_and_refuses_more_than_it_has(tmp_path):

@@ -357,3 +357,25 @@ def test_the_recall_threshold_never_recalls_worse_than_the_target_answers(monkey
     # 0.6 and 0.7 score 0.8: inside 1.0's interval (Wilson low 0.72) but below the target's own 0.9
     assert log["threshold"] == 0.75 and log["score"]["value"] == 1.0
     assert bundle.selection.recall_above == 0.75
+
+
+def test_the_recall_threshold_reaches_down_to_the_pools_floor(monkeypatch):
+    """The pool's floor, not the grid, says where an input stops being like a recorded one. On a sparse
+    pool (CLINC travel: floor 0.23) a grid that stopped at 0.4 sent inputs at 0.3-0.4 to the target, which
+    got 6 of 10 where the copy got 9; between the floor and 0.4 the rule may now recall."""
+    from foster.agent import optimize
+    from foster.agent.optimize import Trial, recall_choice
+
+    val = [TrainItem(input=f"val input {i}", teacher_mode="billing", teacher_dist={"billing": 1.0}) for i in range(20)]
+    # 0-9 close (copies right, target right), 10-19 at cosine 0.32 (copies right, the target wrong on all)
+    near = {v.input: (Example(input="x", output="billing"), 0.9 if i < 10 else 0.32) for i, v in enumerate(val)}
+    monkeypatch.setattr(Bundle, "nearest", lambda self, text: near[text])
+    monkeypatch.setattr(optimize, "recall_floor", lambda bundle: 0.23)
+    trial = Trial("seed", _knn_base(), [1.0] * 10 + [0.0] * 10, 100)
+    bundle, log = recall_choice([trial], val)
+    assert log["threshold"] == 0.25 and log["score"]["value"] == 1.0 and log["recalled"] == 20
+    assert bundle.selection.recall_above == 0.25
+    # below the floor it still never recalls: the same inputs at 0.2 are the target's
+    near.update({v.input: (Example(input="x", output="billing"), 0.2) for v in val[10:]})
+    _, log = recall_choice([trial], val)
+    assert log["recalled"] == 10 and log["threshold"] >= 0.25
