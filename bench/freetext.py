@@ -3,8 +3,8 @@
     python -m bench.freetext [--quick] [--history N] [--targets local/... ...] [--steps S] [--corpus M]
 
 1. house_style (a free-text house-style rewrite; the teacher is SmolLM2-135M + its LoRA): one foster run
-   probes the teacher from `--history` historical inputs (default the 300 of data/history.jsonl; up to 900
-   with data/history_more.jsonl), then, per
+   probes the teacher from `--history` historical inputs (default 600: data/history.jsonl's 300, then
+   data/history_more.jsonl; up to 900), then, per
    target, the zero-shot baseline, the best bundle and a LoRA adapter (`foster lora RUN --target T`) are
    scored on the same held-out probes: exact, structure and similarity fidelity with intervals, the
    ceiling of the primary metric, the meaning-class calibration gap, hedge rate, and the adapter's
@@ -42,24 +42,26 @@ HOUSE_TASK = "Rewrite the customer message as a one-line ticket summary in the s
 
 @dataclass(frozen=True)
 class Settings:
-    history: int = 300  # house_style historical inputs probed
+    # The full defaults are the run that met issue 16's goal (README, "Fourth house_style run"): 600 historical
+    # inputs with 120 held out, the ceiling sampled on every held-out probe, a 400-step / 40-minute adapter.
+    history: int = 600  # house_style historical inputs probed (history.jsonl, then history_more.jsonl)
     corpus: int = 200  # re-label corpus rows
-    steps: int = 100  # LoRA step budget per adapter
-    seconds: float = 480.0
+    steps: int = 400  # LoRA step budget per adapter
+    seconds: float = 2400.0
     synthetic: int = 0
     samples: int = 1
-    sampled_probes: int = 100  # probes sampled at every temperature: the ceiling's held-out part is measured on these
+    sampled_probes: int = 400  # probes sampled at every temperature: the ceiling's held-out part is measured on these
     budget_calls: int = 40
     max_rounds: int = 1
     general_per_category: int = 0  # 0: all 40 per category (120)
     adapters: str = "all"  # which targets get an adapter: "all", or one target's name (no pilot run then)
-    holdout_fraction: float = 0.4
+    holdout_fraction: float = 0.2  # of 600: 120 held out (foster holds out at least 100 where it can)
     seed: int = 0
 
 
 FULL = Settings()
-QUICK = Settings(history=60, corpus=60, steps=40, seconds=420.0, synthetic=0, samples=1, budget_calls=16,
-                 general_per_category=10)
+QUICK = Settings(history=60, corpus=60, steps=40, seconds=420.0, synthetic=0, samples=1, sampled_probes=100,
+                 budget_calls=16, general_per_category=10, holdout_fraction=0.4)
 
 
 def _subset(src: Path | list[Path], n: int, out: Path) -> str:
@@ -353,10 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=int, help="synthetic inputs the target writes for the adapter's data "
                    "(the discriminator keeps the in-distribution ones; the teacher answers them); default 0")
     p.add_argument("--adapters", help="train an adapter on this target only (default: every target, then a pilot run)")
-    p.add_argument("--sampled-probes", type=int, help="house_style probes sampled at every temperature (default 100); "
+    p.add_argument("--sampled-probes", type=int, help="house_style probes sampled at every temperature (default 400); "
                    "all of them measures the ceiling on every held-out probe")
     p.add_argument("--holdout-fraction", type=float, help="share of the house_style history held out "
-                   "(foster holds out at least 100 probes where the history allows); default 0.4")
+                   "(foster holds out at least 100 probes where the history allows); default 0.2")
     p.add_argument("--parts", nargs="+", default=["house_style", "relabel"], choices=["house_style", "relabel"])
     a = p.parse_args(argv)
     s = QUICK if a.quick else FULL
