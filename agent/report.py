@@ -61,11 +61,13 @@ def _lint_lines(findings: list[dict]) -> list[str]:
             for f in findings]
 
 
-def _ceiling_iv(report: dict) -> str:
-    """The ceiling's own 95 % interval (bootstrap over the sampled held-out probes); the teacher's, so one
-    per run, carried on each target's summary."""
+def _ceiling(report: dict) -> str:
+    """The ceiling with its own 95 % interval (bootstrap over the sampled held-out probes) where the run
+    recorded one: the teacher's, so one per run, carried on each target's summary."""
+    from foster.agent.metrics import fmt_interval
+
     ci = next((s["ceiling_interval"] for s in report.get("targets", {}).values() if s.get("ceiling_interval")), None)
-    return f" [{ci['low']:.2f}, {ci['high']:.2f}] n={ci['n']}" if ci else ""
+    return fmt_interval(ci) if ci else _f(report.get("ceiling"))
 
 
 def markdown(report: dict) -> str:
@@ -73,7 +75,7 @@ def markdown(report: dict) -> str:
            f"- teacher: `{report.get('teacher')}` (path: {report.get('path')})",
            f"- verdict: **{report.get('verdict')}** (threshold {report.get('threshold')})",
            f"- answers: {report.get('answer_kind')}; fidelity method: {report.get('fidelity_method')}",
-           f"- ceiling (teacher self-agreement on held-out): {_f(report.get('ceiling'))}{_ceiling_iv(report)} — "
+           f"- ceiling (teacher self-agreement on held-out): {_ceiling(report)} — "
            f"{report.get('ceiling_method')}",
            f"- probes: {report.get('train')} train, {report.get('held_out')} held out; kinds {report.get('probe_kinds')}",
            f"- refusal rate {_f(report.get('refusal_rate'))}, hedge rate {_f(report.get('hedge_rate'))}",

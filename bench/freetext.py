@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -64,9 +65,13 @@ QUICK = Settings(history=60, corpus=60, steps=40, seconds=420.0, synthetic=0, sa
                  budget_calls=16, general_per_category=10, holdout_fraction=0.4)
 
 
+def _rows(src: Path | list[Path]) -> list[str]:
+    return [x for f in ([src] if isinstance(src, Path) else src) for x in f.read_text().splitlines() if x.strip()]
+
+
 def _subset(src: Path | list[Path], n: int, out: Path) -> str:
     """The first n rows of the files in order; more than they hold is refused, never silently fewer."""
-    lines = [x for f in ([src] if isinstance(src, Path) else src) for x in f.read_text().splitlines() if x.strip()]
+    lines = _rows(src)
     if n > len(lines):
         raise ValueError(f"{n} rows asked for, the data has {len(lines)}")
     out.write_text("\n".join(lines[:n]) + "\n")
@@ -95,9 +100,10 @@ def _ratio_iv(a: dict) -> str:
     return f" [{r['low']:.2f}, {r['high']:.2f}]" if r.get("low") is not None else ""
 
 
-def _ceiling_iv(v: dict) -> str:
-    c = v.get("ceiling_interval") or {}
-    return f" [{c['low']:.2f}, {c['high']:.2f}] n={c['n']}" if c.get("low") is not None else ""
+def _ceiling(v: dict) -> str:
+    from foster.agent.metrics import fmt_interval
+
+    return fmt_interval(v["ceiling_interval"]) if v.get("ceiling_interval") else _g(v.get("ceiling"))
 
 
 def _adapter(section: dict) -> dict:
@@ -245,7 +251,7 @@ def markdown(r: dict) -> str:
                 frac = a.get("fraction_of_ceiling") if arm == "lora" else (
                     a["fidelity"] / v["ceiling"] if a.get("fidelity") is not None and v.get("ceiling") else None)
                 out.append(f"| {t} | {label} | {_iv(a.get('exact'))} | {_iv(a.get('structure'))} | {_iv(a.get('similarity'))} | "
-                           f"{_g(v.get('ceiling'))}{_ceiling_iv(v)} ({v.get('primary')}) | {_g(frac)}{_ratio_iv(a)} | {_g(a.get('calibration_gap'))} | "
+                           f"{_ceiling(v)} ({v.get('primary')}) | {_g(frac)}{_ratio_iv(a)} | {_g(a.get('calibration_gap'))} | "
                            f"{_g(a.get('hedge_rate'))} ({_g(a.get('teacher_hedge_rate'))}) | {cost} |")
         for t, v in hs["targets"].items():
             out.append(f"\n- `{t}`: ceilings {v.get('ceilings')}; structure {v.get('structure')}; {v.get('calibration_method')}")
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--synthetic must be 0 or more, got {a.synthetic}")
     if a.holdout_fraction is not None and not 0 < a.holdout_fraction < 1:
         p.error(f"--holdout-fraction must be between 0 and 1, got {a.holdout_fraction}")
-    have = sum(len([x for x in f.read_text().splitlines() if x.strip()]) for f in house_history())
+    have = len(_rows(house_history()))
     if a.history is not None and a.history > have:
         p.error(f"--history {a.history}: house_style has {have} historical inputs")
     for flag in ("history", "corpus", "steps", "sampled_probes"):
@@ -381,8 +387,6 @@ def main(argv: list[str] | None = None) -> int:
                                  ("sampled_probes", a.sampled_probes), ("holdout_fraction", a.holdout_fraction))
                if v is not None and v != ""}
     s = Settings(**{**asdict(s), **changes})
-    import shlex
-
     run(a.quick, tuple(a.targets), s, tuple(a.parts),
         command=shlex.join(["python", "-m", "bench.freetext", *(sys.argv[1:] if argv is None else argv)]))
     return 0

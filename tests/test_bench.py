@@ -127,6 +127,7 @@ def test_compare_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatc
     (["--history", "0"], "--history"), (["--steps", "-3"], "--steps"), (["--corpus", "0"], "--corpus"),
     (["--sampled-probes", "0"], "--sampled-probes"), (["--history", "901"], "900 historical inputs"),
     (["--holdout-fraction", "1"], "--holdout-fraction"), (["--holdout-fraction", "0"], "--holdout-fraction"),
+    (["--holdout-fraction", "nan"], "--holdout-fraction"), (["--history", "1e9"], "--history"),
 ])
 def test_freetext_refuses_bad_flags_before_any_run(argv, says, capsys, monkeypatch):
     from bench import freetext
