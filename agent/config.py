@@ -53,6 +53,8 @@ class RunConfig(BaseModel):
     optimizer: str = Field(_env("FOSTER_OPTIMIZER", "auto"), description="auto: foster's tuner, plus GEPA when a "
                            "--miner reflects; foster: the tuner only; gepa|miprov2|simba|bootstrap: the tuner and that one")
     budget_calls: int = Field(60, description="target calls the optimizer may spend per target per round")
+    recall_calls: int = Field(120, description="target calls per target per round that test the recall rule's threshold "
+                              "on more train inputs than the validation split holds (leave-one-out); 0: the split alone")
     knn_k: int = Field(6, description="examples retrieved per input for pool bundles")
     embedding_model: str = Field(EMBEDDING_MODEL, description="what retrieves a pool bundle's examples: "
                                  f"{EMBEDDING_MODEL} (packaged, offline) or a litellm provider/model embedding, its key "
@@ -116,7 +118,7 @@ class RunConfig(BaseModel):
             raise InputError(f"--{info.field_name.replace('_', '-')} must be >= 1, got {v}")
         return v
 
-    @field_validator("synth_per_kind")
+    @field_validator("synth_per_kind", "recall_calls")
     @classmethod
     def _not_negative(cls, v: int, info) -> int:
         if v < 0:

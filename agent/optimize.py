@@ -560,11 +560,13 @@ def validation_scores(bundle: Bundle, val: list[TrainItem], target: str, *, max_
 
 def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict | None = None, budget_calls: int = 60,
          max_tokens: int = 24, seed: int = 0, ks: tuple[int, ...] = (1, 2, 4, 8),
-         complete: Callable[..., Any] | None = None, score: Score | None = None, recall: bool = True) -> TuneResult:
+         complete: Callable[..., Any] | None = None, score: Score | None = None, recall: bool = True,
+         more: list[TrainItem] = (), recall_calls: int = 0) -> TuneResult:
     """foster's own search over k, the pool (full or condensed), fixed vs retrieved examples and the rules
     on or off, greedy answers on `val` (train probes the pool is stripped of while tuning). Works with no
     model besides the target; `budget_calls` counts target calls, a configuration is tried only if a
-    whole validation pass still fits."""
+    whole validation pass still fits. The recall rule's threshold may spend `recall_calls` more target
+    calls on the train inputs in `more` (`recall_evidence`)."""
     from foster.agent.metrics import fidelity_interval
 
     ingredients = ingredients or {}
@@ -606,7 +608,16 @@ def tune(base: Bundle, val: list[TrainItem], target: str, *, ingredients: dict |
     compact = _rebuild(smallest.bundle) if smallest is not incumbent else None
     recall_bundle = None
     if recall:
-        recall_bundle, log["recall"] = recall_choice([incumbent, smallest, *trials], val, score=score, seed=seed)
+        def evidence(tried: Bundle, floor: float) -> list[Row]:
+            nonlocal calls
+            rows = recall_evidence(tried, list(more), target, calls=recall_calls, floor=floor, max_tokens=max_tokens,
+                                   seed=seed, complete=complete, score=score)
+            calls += len(rows)
+            return rows
+
+        recall_bundle, log["recall"] = recall_choice([incumbent, smallest, *trials], val, score=score, seed=seed,
+                                                     evidence=evidence)
+        log["calls_used"] = calls
     return TuneResult(tuned, compact, calls, log, seed_trial.scores, incumbent.scores, recall_bundle)
 
 
@@ -639,43 +650,56 @@ def _without(bundle: Bundle, val: list[TrainItem]) -> Bundle:
     return _rebuild(bundle.model_copy(update={"examples": [e for e in bundle.examples if _fold(e.input) not in held]}))
 
 
-def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | None = None,
-                  seed: int = 0) -> tuple[Bundle | None, dict]:
+Row = tuple[float, float, float]  # one input: (cosine to its nearest pool input, copy's agreement, target's)
+
+
+def _threshold_choice(rows: list[Row], floor: float, exact: bool) -> tuple:
+    """(mean, tau, hybrid, hits, best threshold's mean, its hybrid, the target's mean) over `rows`: the lowest
+    threshold (the most target calls saved, as the ship rule takes the fewest tokens within the best's
+    interval) whose score is within the 95 % interval of the best threshold's, and never below the
+    target's own score without the rule (on a validation split of 20 the interval is wide enough to admit
+    a threshold that recalls worse than the target answers)."""
+    from foster.agent.metrics import fidelity_interval
+
+    own = sum(t for _, _, t in rows) / len(rows)
+    tried_here = []
+    for tau in [t for t in RECALL_THRESHOLDS if t >= floor] or [max(RECALL_THRESHOLDS)]:
+        hybrid = [c if sim >= tau else t for sim, c, t in rows]
+        tried_here.append((sum(hybrid) / len(hybrid), tau, hybrid, sum(sim >= tau for sim, _, _ in rows)))
+    top = max(tried_here, key=lambda x: (x[0], -x[1]))
+    low = max(fidelity_interval(top[2], exact)["low"], min(top[0], own))
+    mean, tau, hybrid, hits = min((x for x in tried_here if x[0] >= low), key=lambda x: x[1])
+    return mean, tau, hybrid, hits, top[0], top[2], own
+
+
+def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | None = None, seed: int = 0,
+                  evidence: Callable[[Bundle, float], list[Row]] | None = None) -> tuple[Bundle | None, dict]:
     """The recall rule (`ExampleSelection.recall_above`) for a knn configuration already tried on `val`:
     an input at least this close to a recorded one gets the recorded answer instead of the target's.
 
-    Costs no target call: on each validation input the rule gives either the nearest pool answer (pool
-    stripped of the validation inputs, as the trial was) or the answer the trial already got. The
-    lowest threshold whose score is within the 95 % interval of the best threshold's is taken (each
-    recall is a target call saved, as the ship rule takes the fewest tokens within the best's
-    interval), never below the pool's own floor (`recall_floor`). Like `compact`, it is a candidate, not
-    a replacement: offered when some threshold scores above the trial on validation, then measured on
-    the held-out probes beside the others, where the ship rule decides."""
+    On each validation input the rule gives either the nearest pool answer (pool stripped of the
+    validation inputs, as the trial was) or the answer the trial already got: choosing the base costs no
+    target call. The threshold is then chosen on `val` plus what `evidence(base, floor)` adds for that
+    base (leave-one-out answers on more train inputs, `recall_evidence`): on a 30-input split the
+    threshold moved from run to run and shipped below the copy. It is never below the pool's own floor
+    (`recall_floor`). Like `compact`, the rule is a candidate, not a replacement: offered when some
+    threshold scores above the configuration without it, then measured on the held-out probes beside
+    the others, where the ship rule decides."""
     from foster.agent.metrics import fidelity_interval
 
     log: dict[str, Any] = {"thresholds": list(RECALL_THRESHOLDS)}
     exact = trials[0].bundle.output_contract.format != "text" or getattr(score, "binary", False)
-    options = []  # per knn configuration: (mean, trial, tau, hybrid, hits, best threshold's mean, its hybrid)
+    options = []  # per knn configuration: (trial, its pool without val, floor, rows, threshold choice)
     for trial in [t for i, t in enumerate(trials) if all(t is not u for u in trials[:i])]:
         tried = _without(trial.bundle, val)
         if tried.selection.kind != "knn" or not tried.examples:
             continue
         near = [tried.nearest(item.input) for item in val]
-        copied = [agreement(example.output, item, tried.output_contract, score) for (example, _), item in zip(near, val)]
+        rows = [(sim, agreement(example.output, item, tried.output_contract, score), t)
+                for (example, sim), item, t in zip(near, val, trial.scores)]
         floor = recall_floor(tried)
         log.setdefault("floor", {})[trial.name] = round(floor, 4)
-        tried_here = []
-        for tau in [t for t in RECALL_THRESHOLDS if t >= floor] or [max(RECALL_THRESHOLDS)]:
-            hybrid = [c if sim >= tau else t for (_, sim), c, t in zip(near, copied, trial.scores)]
-            tried_here.append((sum(hybrid) / len(hybrid), tau, hybrid, sum(sim >= tau for _, sim in near)))
-        top = max(tried_here, key=lambda x: (x[0], -x[1]))
-        # as the ship rule takes the fewest tokens within the best's interval: the lowest threshold (the
-        # most target calls saved) whose validation score is within the 95 % interval of the best one, and
-        # never below the configuration's own score without the rule (on a validation split of 20 the
-        # interval is wide enough to admit a threshold that recalls worse than the target answers)
-        low = max(fidelity_interval(top[2], exact)["low"], min(top[0], trial.mean))
-        mean, tau, hybrid, hits = min((x for x in tried_here if x[0] >= low), key=lambda x: x[1])
-        options.append((mean, trial, tau, hybrid, hits, top[0], top[2]))
+        options.append((trial, tried, floor, rows, _threshold_choice(rows, floor, exact)))
     if not options:
         log["note"] = "no knn configuration with a pool: nothing to recall from"
         return None, log
@@ -683,19 +707,68 @@ def recall_choice(trials: list[Trial], val: list[TrainItem], *, score: Score | N
     # a candidate, and the one with the fewest prompt tokens among those whose best recall score is
     # within the 95 % interval of the best one's is taken (a recall bundle's non-recalled inputs still
     # pay its full prompt).
-    leader = max(options, key=lambda o: (o[5], -o[1].tokens))
-    low = fidelity_interval(leader[6], exact)["low"]
-    best = min((o for o in options if o[5] >= low), key=lambda o: (o[1].tokens, -o[5]))
-    log["bases"] = {o[1].name: {"best_threshold_score": round(o[5], 4), "tokens": o[1].tokens} for o in options}
-    mean, trial, tau, hybrid, hits, top_mean, _ = best
-    won, diff = beats(hybrid, trial.scores, seed=seed)
-    offered = top_mean > sum(trial.scores) / len(trial.scores)  # the rule helps at some threshold
-    log.update(base=trial.name, threshold=tau, best_threshold_score=round(top_mean, 4), recalled=hits, of=len(val),
-               score=fidelity_interval(hybrid, exact), without=fidelity_interval(trial.scores, exact), vs_without=diff, beats_by_interval=won, offered=offered)
+    leader = max(options, key=lambda o: (o[4][4], -o[0].tokens))
+    low = fidelity_interval(leader[4][5], exact)["low"]
+    trial, tried, floor, rows, choice = min((o for o in options if o[4][4] >= low), key=lambda o: (o[0].tokens, -o[4][4]))
+    log["bases"] = {o[0].name: {"best_threshold_score": round(o[4][4], 4), "tokens": o[0].tokens} for o in options}
+    log["on_validation"] = {"threshold": choice[1], "score": fidelity_interval(choice[2], exact)}
+    more = evidence(tried, floor) if evidence is not None else []
+    if more:
+        rows = rows + more
+        choice = _threshold_choice(rows, floor, exact)
+    mean, tau, hybrid, hits, top_mean, _, own = choice
+    without = [t for _, _, t in rows]
+    won, diff = beats(hybrid, without, seed=seed)
+    offered = top_mean > own  # the rule helps at some threshold
+    log.update(base=trial.name, threshold=tau, best_threshold_score=round(top_mean, 4), recalled=hits, of=len(rows),
+               validation=len(val), evidence=len(more), score=fidelity_interval(hybrid, exact),
+               without=fidelity_interval(without, exact), vs_without=diff, beats_by_interval=won, offered=offered,
+               copy=fidelity_interval([c for _, c, _ in rows], exact))
     if not offered:
         return None, log
     selection = trial.bundle.selection.model_copy(update={"recall_above": tau})
     return _rebuild(trial.bundle.model_copy(update={"selection": selection})), log
+
+
+def recall_evidence(tried: Bundle, items: list[TrainItem], target: str, *, calls: int, floor: float,
+                    max_tokens: int = 24, seed: int = 0, complete: Callable[..., Any] | None = None,
+                    score: Score | None = None) -> list[Row]:
+    """More rows for the recall threshold than the validation split holds: train inputs of the pool
+    whose nearest other pool input sits where the threshold decides (between the pool's floor and the
+    highest threshold), each asked of the target with the pool less that input (leave-one-out, as a
+    new input meets the whole pool), at most `calls` of them, drawn by the seed. Each costs one
+    target call; the copy's answer costs none."""
+    import numpy as np
+    from foster.agent.target import ask
+    from foster.prompts.bundle import PoolVectors
+
+    if calls < 1 or tried.selection.kind != "knn" or len(tried.examples) < 2:
+        return []
+    pool = tried._vectors()
+    index = {_fold(e.input): i for i, e in enumerate(tried.examples)}
+    chosen = []
+    for item in items:
+        i = index.get(_fold(item.input))
+        if i is None:
+            continue
+        sims = pool @ pool[i]
+        sims[i] = -1.0
+        j = int(np.argmax(sims))
+        if floor <= sims[j] < max(RECALL_THRESHOLDS):
+            chosen.append((i, j, float(sims[j]), item))
+    random.Random(seed).shuffle(chosen)
+    rows: list[Row] = []
+    model = tried.selection.embedding_model
+    data = tried.model_dump(exclude={"id"})
+    for i, j, sim, item in chosen[:calls]:
+        examples = [e for n, e in enumerate(data["examples"]) if n != i]
+        vectors = PoolVectors.from_array(np.delete(pool, i, axis=0), [e["input"] for e in examples], model)
+        loo = Bundle.model_validate({**data, "examples": examples,
+                                     "selection": {**data["selection"], "vectors": vectors.model_dump()}})
+        res = ask(loo, target, item.input, complete, temperature=0.0, max_tokens=max_tokens, seed=seed)
+        rows.append((sim, agreement(tried.examples[j].output, item, tried.output_contract, score),
+                     agreement(res.texts[0], item, tried.output_contract, score)))
+    return rows
 
 
 def accept_proposal(proposal: Bundle, seed_scores: list[float], val: list[TrainItem], target: str, *,

@@ -70,7 +70,7 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
                 # is the copy baseline the report already shows
                 res = tune(base, val, target, ingredients=ingredients, budget_calls=c.budget_calls,
                            max_tokens=c.max_new_tokens, seed=c.seed, complete=ctx.complete, score=score,
-                           recall=c.path != "relabel")
+                           recall=c.path != "relabel", more=rest, recall_calls=c.recall_calls)
                 ctx.registry.append_event(ctx.run_id, "optimize", "progress",
                                           f"{target}: tuner kept {res.log.get('chosen')}, compact "
                                           f"{res.log.get('compact')} ({res.calls_used} calls); recall rule "

@@ -385,6 +385,7 @@ def _no_calls_no_runs(counted):
     (["--holdout-fraction", "0.95"], "--holdout-fraction"),
     (["--max-new-tokens", "0"], "--max-new-tokens"),
     (["--max-new-tokens", "-5"], "--max-new-tokens"),
+    (["--recall-calls", "-1"], "--recall-calls"),
     (["--primary-metric", "bogus"], "--primary-metric"),
     (["--primary-metric", "structure", "--fidelity", "judge"], "--primary-metric"),
 ])

@@ -379,3 +379,56 @@ def test_the_recall_threshold_reaches_down_to_the_pools_floor(monkeypatch):
     near.update({v.input: (Example(input="x", output="billing"), 0.2) for v in val[10:]})
     _, log = recall_choice([trial], val)
     assert log["recalled"] == 10 and log["threshold"] >= 0.25
+
+
+def test_the_recall_threshold_is_chosen_on_more_than_the_validation_split(monkeypatch):
+    """On 30 validation inputs the target looked as good as the copy below cosine 0.35, and on CLINC travel
+    the shipped bundle fell two probes below the copy on held-out ones. Leave-one-out answers on more train
+    inputs (`evidence`) join the validation rows before the threshold is chosen: here they show the target
+    wrong where the copy is right, and the rule recalls down to the floor, which the split alone never offered."""
+    from foster.agent import optimize
+    from foster.agent.optimize import Trial, recall_choice
+
+    val = [TrainItem(input=f"val input {i}", teacher_mode="billing", teacher_dist={"billing": 1.0}) for i in range(10)]
+    near = {v.input: (Example(input="x", output="billing"), 0.9) for v in val}
+    monkeypatch.setattr(Bundle, "nearest", lambda self, text: near[text])
+    monkeypatch.setattr(optimize, "recall_floor", lambda bundle: 0.23)
+    trial = Trial("seed", _knn_base(), [1.0] * 10, 100)
+    bundle, log = recall_choice([trial], val)
+    assert bundle is None and not log["offered"] and log["evidence"] == 0
+
+    asked = []
+
+    def evidence(tried, floor):
+        asked.append(floor)
+        return [(0.32, 1.0, 1.0 if i < 10 else 0.0) for i in range(40)]  # the target wrong on 30 of 40
+
+    bundle, log = recall_choice([trial], val, evidence=evidence)
+    assert asked == [0.23] and log["evidence"] == 40 and log["validation"] == 10 and log["of"] == 50
+    assert log["offered"] and log["threshold"] == 0.25 and log["score"]["value"] == 1.0
+    assert log["without"]["value"] == 0.4 and log["copy"]["value"] == 1.0 and log["beats_by_interval"]
+    assert bundle.selection.recall_above == 0.25
+
+
+def test_recall_evidence_asks_each_input_without_its_own_answer_within_its_calls(fake_model):
+    """The evidence is leave-one-out: a train input never retrieves its own recorded answer, the calls
+    stay within `calls`, every one is counted in the tuner's budget, and no validation input is asked."""
+    from foster.agent.optimize import _without, recall_evidence
+
+    model, backend = fake_model(lambda r: "nonsense")
+    val, rest = carve_validation(POOL_ITEMS, 4, seed=0)
+    tried = _without(_knn_base(), val)
+    rows = recall_evidence(tried, rest, model, calls=3, floor=0.0)
+    assert 0 < len(rows) == backend.calls <= 3
+    asked = [r.messages[-1]["content"] for r in backend.requests]
+    assert set(asked) <= {r.input for r in rest}
+    for request in backend.requests:
+        shown = [m["content"] for m in request.messages[1:-1] if m["role"] == "user"]
+        assert request.messages[-1]["content"] not in shown and len(shown) == tried.selection.k
+    assert all(0.0 <= sim < 0.95 and copy == 1.0 and target == 0.0 for sim, copy, target in rows)
+    assert recall_evidence(tried, rest, model, calls=0, floor=0.0) == []
+    # through the tuner: the evidence calls are the tuner's too
+    model2, backend2 = fake_model(lambda r: "nonsense", name="counted")
+    res = tune(_knn_base(), val, model2, ingredients={}, budget_calls=100, ks=(4,), more=rest, recall_calls=3)
+    assert backend2.calls == res.calls_used == len(val) * (1 + len(res.log["trials"])) + res.log["recall"]["evidence"]
+    assert 0 < res.log["recall"]["evidence"] <= 3

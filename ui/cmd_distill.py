@@ -41,6 +41,8 @@ def _distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="auto", help="auto (foster's tuner; GEPA beside it when --miner is given) | "
                    "foster | gepa | miprov2 | simba | bootstrap")
     p.add_argument("--budget-calls", type=int, default=60, help="optimizer target calls per target per round")
+    p.add_argument("--recall-calls", type=int, default=120,
+                   help="target calls per target per round that test the recall rule on more train inputs (0: none)")
     p.add_argument("--knn-k", type=int, default=6)
     p.add_argument("--embedding-model", help="what retrieves a pool bundle's examples: all-MiniLM-L6-v2 (default, "
                    "packaged) or a litellm embedding such as openai/text-embedding-3-small (key from its usual "
