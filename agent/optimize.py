@@ -12,6 +12,7 @@ DSPy optimizer to the call budget, and a `CallCounter` refuses target calls past
 from __future__ import annotations
 
 import functools
+import math
 import random
 import time
 from collections.abc import Callable
@@ -628,6 +629,17 @@ RECALL_THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 
 RECALL_FLOOR_QUANTILE = 0.05  # never below how close all but 5 % of recorded inputs are to their nearest other one
 
 
+def recall_thresholds(floor: float) -> list[float]:
+    """The thresholds tried above a pool's floor: the grid's, and the floor itself (rounded up to 0.01)
+    when it lies inside the grid. Without it the demo's floor of 0.61 left 0.7 as the lowest threshold,
+    and the inputs at 0.61-0.7 went to the target where copying scored 0.91 on 68 train inputs."""
+    grid = [t for t in RECALL_THRESHOLDS if t >= floor]
+    at_floor = math.ceil(floor * 100) / 100
+    if min(RECALL_THRESHOLDS) <= at_floor < max(RECALL_THRESHOLDS) and at_floor not in grid:
+        grid.insert(0, at_floor)
+    return grid or [max(RECALL_THRESHOLDS)]
+
+
 def recall_floor(bundle: Bundle) -> float:
     """How far from the pool an input may be and still count as one of its kind: the 5th percentile of
     each pool input's cosine to its nearest other pool input. Below it an input is unlike what was
@@ -663,7 +675,7 @@ def _threshold_choice(rows: list[Row], floor: float, exact: bool) -> tuple:
 
     own = sum(t for _, _, t in rows) / len(rows)
     tried_here = []
-    for tau in [t for t in RECALL_THRESHOLDS if t >= floor] or [max(RECALL_THRESHOLDS)]:
+    for tau in recall_thresholds(floor):
         hybrid = [c if sim >= tau else t for sim, c, t in rows]
         tried_here.append((sum(hybrid) / len(hybrid), tau, hybrid, sum(sim >= tau for sim, _, _ in rows)))
     top = max(tried_here, key=lambda x: (x[0], -x[1]))

@@ -373,12 +373,23 @@ def test_the_recall_threshold_reaches_down_to_the_pools_floor(monkeypatch):
     monkeypatch.setattr(optimize, "recall_floor", lambda bundle: 0.23)
     trial = Trial("seed", _knn_base(), [1.0] * 10 + [0.0] * 10, 100)
     bundle, log = recall_choice([trial], val)
-    assert log["threshold"] == 0.25 and log["score"]["value"] == 1.0 and log["recalled"] == 20
-    assert bundle.selection.recall_above == 0.25
+    assert log["threshold"] == 0.23 and log["score"]["value"] == 1.0 and log["recalled"] == 20
+    assert bundle.selection.recall_above == 0.23  # the floor itself is a threshold (the grid has 0.2, 0.25)
     # below the floor it still never recalls: the same inputs at 0.2 are the target's
     near.update({v.input: (Example(input="x", output="billing"), 0.2) for v in val[10:]})
     _, log = recall_choice([trial], val)
-    assert log["recalled"] == 10 and log["threshold"] >= 0.25
+    assert log["recalled"] == 10 and log["threshold"] >= 0.23
+
+
+def test_the_pools_floor_is_a_threshold_when_the_grid_has_none_near_it():
+    """The demo's floor was 0.606: the grid's lowest above it was 0.7, and the inputs between went to the
+    target where copying scored 0.91 on 68 train inputs. The floor (rounded up to 0.01) is tried too."""
+    from foster.agent.optimize import RECALL_THRESHOLDS, recall_thresholds
+
+    assert recall_thresholds(0.606)[:2] == [0.61, 0.7]
+    assert recall_thresholds(0.6) == [t for t in RECALL_THRESHOLDS if t >= 0.6]  # on the grid: no duplicate
+    assert recall_thresholds(0.1)[0] == 0.2 and recall_thresholds(0.99) == [0.95]
+    assert all(t >= 0.606 for t in recall_thresholds(0.606))
 
 
 def test_the_recall_threshold_is_chosen_on_more_than_the_validation_split(monkeypatch):
@@ -405,9 +416,9 @@ def test_the_recall_threshold_is_chosen_on_more_than_the_validation_split(monkey
 
     bundle, log = recall_choice([trial], val, evidence=evidence)
     assert asked == [0.23] and log["evidence"] == 40 and log["validation"] == 10 and log["of"] == 50
-    assert log["offered"] and log["threshold"] == 0.25 and log["score"]["value"] == 1.0
+    assert log["offered"] and log["threshold"] == 0.23 and log["score"]["value"] == 1.0
     assert log["without"]["value"] == 0.4 and log["copy"]["value"] == 1.0 and log["beats_by_interval"]
-    assert bundle.selection.recall_above == 0.25
+    assert bundle.selection.recall_above == 0.23
 
 
 def test_recall_evidence_asks_each_input_without_its_own_answer_within_its_calls(fake_model):
