@@ -165,7 +165,7 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
                "lint": [f.as_dict() for f in bundle.lint(**(known or {}))]}
         if bundle.selection.recall_above is not None:  # how many held-out inputs never reached the target
             res["recalled"] = {"n": sum(bundle.recall(p["text"]) is not None for p in held), "of": len(held),
-                               "threshold": bundle.selection.recall_above}
+                               "threshold": bundle.selection.recall_above, "chosen_on": v.get("recall_choice")}
         results.append(res)
         message = f"{target} {v['name']}: fidelity {res['fidelity']:.3f}"
         progress(message) if progress else ctx.progress("evaluate", n + 1, total, message)

@@ -79,8 +79,11 @@ def optimize(state: State, runtime: Runtime[RunContext]) -> dict:
                 for name, b in (("tuned", res.tuned if res.log.get("chosen") not in (None, "seed") else None),
                                 ("compact", res.compact), ("recall", res.recall)):
                     if b is not None:
-                        variants[target].append(_save(ctx, b, name, target, n, rnd, calls_used=res.calls_used,
-                                                      known=known))
+                        entry = _save(ctx, b, name, target, n, rnd, calls_used=res.calls_used, known=known)
+                        if name == "recall":  # what the threshold was chosen on, for the report
+                            entry["recall_choice"] = {k: res.log["recall"].get(k) for k in
+                                                      ("threshold", "validation", "evidence", "score", "without", "copy")}
+                        variants[target].append(entry)
                 if dspy_name:
                     with ctx.scope():  # DSPy's calls: the run's ledger and models
                         out = run_optimizer(base, [*rest] or val, target, optimizer=dspy_name,

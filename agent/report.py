@@ -106,6 +106,13 @@ def markdown(report: dict) -> str:
             out.append(f"Shipped: `{sel.get('chosen')}`, the {sel.get('rule')} (best `{sel.get('best_fidelity')}`, "
                        f"interval floor {_f(sel.get('floor'))}; within: {', '.join(sel.get('within_interval') or [])})."
                        + (f" Blocked by lint errors: {', '.join(sel['blocked_by_lint'])}." if sel.get("blocked_by_lint") else ""))
+        for v in s.get("variants", []):
+            chosen = (v.get("recalled") or {}).get("chosen_on")
+            if chosen:
+                out.append(f"Recall rule of `{v['variant']}`: cosine ≥ {chosen['threshold']}, chosen on "
+                           f"{chosen['validation'] + chosen['evidence']} train inputs ({chosen['validation']} validation, "
+                           f"{chosen['evidence']} leave-one-out): {_iv(chosen['score'])} with the rule, "
+                           f"{_iv(chosen['without'])} without it, {_iv(chosen['copy'])} copying every one.")
         for r in s.get("rejected") or []:
             out.append(f"- optimizer proposal `{r['variant']}` not shipped: {r['reason']}")
         out += ["", "Lint of the shipped bundle:"] + _lint_lines(s["best"].get("lint") or []) + [""]

@@ -443,3 +443,19 @@ def test_recall_evidence_asks_each_input_without_its_own_answer_within_its_calls
     res = tune(_knn_base(), val, model2, ingredients={}, budget_calls=100, ks=(4,), more=rest, recall_calls=3)
     assert backend2.calls == res.calls_used == len(val) * (1 + len(res.log["trials"])) + res.log["recall"]["evidence"]
     assert 0 < res.log["recall"]["evidence"] <= 3
+
+
+def test_the_report_says_what_the_recall_threshold_was_chosen_on():
+    from foster.agent.report import markdown
+
+    def iv(value, n):
+        return {"value": value, "low": round(value - 0.1, 2), "high": round(min(1.0, value + 0.05), 2), "n": n,
+                "method": "wilson"}
+
+    chosen = {"threshold": 0.61, "validation": 8, "evidence": 60, "score": iv(0.912, 68), "without": iv(0.75, 68),
+              "copy": iv(0.912, 68)}
+    variant = {"variant": "recall", "fidelity": 0.9, "interval": iv(0.9, 50), "tokens": {"o200k_base": 167},
+               "recalled": {"n": 40, "of": 50, "threshold": 0.61, "chosen_on": chosen}}
+    text = markdown({"targets": {"t": {"variants": [variant], "best": {"variant": "recall", "lint": []}}}})
+    assert "Recall rule of `recall`: cosine ≥ 0.61, chosen on 68 train inputs (8 validation, 60 leave-one-out)" in text
+    assert "0.750 [0.65, 0.80] n=68 without it, 0.912 [0.81, 0.96] n=68 copying every one" in text
