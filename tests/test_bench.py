@@ -177,3 +177,22 @@ def test_recalled_answers_are_not_counted_as_evaluation_calls(tmp_path):
     (tmp_path / "answers.json").write_text(json.dumps(answers))
     assert _eval_calls(tmp_path, ["t", "u"]) == {"t": 2, "u": 1}
     assert _eval_calls(tmp_path / "missing", ["t"]) == {"t": 0}
+
+
+def test_freetext_markdown_prints_the_ceiling_with_its_interval():
+    """bench.freetext's table carries the ceiling's own n and 95 % interval where the run recorded one,
+    and the bare value for a report from before it."""
+    from bench import freetext
+
+    iv = {"value": 0.897, "low": 0.85, "high": 0.94, "n": 120, "method": "bootstrap"}
+    arm = {"exact": {"value": 0.3, "low": 0.2, "high": 0.4, "n": 120, "method": "wilson"}, "fidelity": 0.3}
+    target = {"ceiling": 0.897, "ceiling_interval": iv, "primary": "exact", "best bundle": arm}
+    r = {"date": "2026-12-03", "mode": "full", "command": "python -m bench.freetext", "settings": {}, "wall_s": 1,
+         "machine": {"cpus": 2, "load_average_at_start": [1.0]},
+         "house_style": {"run_id": "r", "train": 485, "held_out": 120, "fidelity_method": "exact",
+                         "targets": {"local/t": target}}}
+    row = next(line for line in freetext.markdown(r).splitlines() if line.startswith("| local/t | best bundle"))
+    assert "| 0.897 [0.85, 0.94] n=120 (exact) |" in row
+    target.pop("ceiling_interval")
+    row = next(line for line in freetext.markdown(r).splitlines() if line.startswith("| local/t | best bundle"))
+    assert "| 0.897 (exact) |" in row
