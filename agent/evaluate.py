@@ -198,6 +198,7 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
             answers.setdefault(p["id"], {})[f"{target}::{r['variant']}::dist"] = s_dist
         r["sampled_agreement"] = round(metrics.mean(sa), 4)
         r["calibration_gap"] = round(metrics.mean(js), 4)
+        r["calibration_gap_interval"] = metrics.fidelity_interval(js, exact=False)  # bootstrap over the sampled probes
     cache.flush()
     # divergence clusters: where the best bundle agrees least with the teacher
     by_cl: dict[int, list[float]] = defaultdict(list)
@@ -242,6 +243,7 @@ def evaluate_target(ctx, cache, target, variants, probes, spec, known: dict | No
         "selection": selection, "rejected": rejected,
         "best": strip(best), "variants": [strip(r) for r in results],
         "ceiling": ceiling, "calibration_gap": best.get("calibration_gap"),
+        "calibration_gap_interval": best.get("calibration_gap_interval"),
         "sampled_agreement": best.get("sampled_agreement"),
         "divergence_clusters": divergent, "fidelity_method": method,
     }

@@ -286,6 +286,7 @@ def semantic_calibration(teacher: list[list[str]], target: list[list[str]], thre
     method = method_name or ("judge meaning classes" if same is not None else
                              f"meaning classes by embedding cosine ≥ {threshold} (all-MiniLM-L6-v2)")
     return {"calibration_gap": round(metrics.mean(gaps), 4), "sampled_agreement": round(metrics.mean(agree), 4),
+            "calibration_gap_interval": metrics.fidelity_interval(gaps, exact=False),
             "teacher_classes": round(metrics.mean(classes), 3), "n": len(gaps),
             "method": f"Jensen–Shannon divergence between {method}"}
 
@@ -456,7 +457,7 @@ def calibrate_free(ctx, spec: dict, held: list[dict], samples: dict[str, list[st
     rates = behaviour_rates([x for xs in s for x in xs])
     teacher_rates = behaviour_rates([x for xs in t for x in xs])
     return {"calibration_gap": cal["calibration_gap"], "sampled_agreement": cal["sampled_agreement"],
-            "calibration_method": cal["method"], "hedge_rate": rates["hedge_rate"],
+            "calibration_gap_interval": cal["calibration_gap_interval"], "calibration_method": cal["method"], "hedge_rate": rates["hedge_rate"],
             "refusal_rate": rates["refusal_rate"], "teacher_hedge_rate": teacher_rates["hedge_rate"],
             "teacher_refusal_rate": teacher_rates["refusal_rate"], "rates_n": rates["n"],
             "teacher_rates_n": teacher_rates["n"]}

@@ -94,7 +94,7 @@ def markdown(report: dict) -> str:
             out.append(f"| {v['variant']}{' (baseline)' if v.get('baseline') else ''}{recalled}"
                        f"{' **shipped**' if v['variant'] == s['best']['variant'] else ''} | "
                        f"{_iv(v.get('interval'), v.get('fidelity'))} | {_diff(v.get('vs_best'))} | {_diff(v.get('vs_copy'))} | "
-                       f"{_f(v.get('sampled_agreement'))} | {_f(v.get('calibration_gap'))} | "
+                       f"{_f(v.get('sampled_agreement'))} | {_iv(v.get('calibration_gap_interval'), v.get('calibration_gap'))} | "
                        f"{v.get('tokens', {}).get('o200k_base')} | {errs} | {_f(v.get('latency_s'))} | {_f(v.get('cost'), 4)} |")
         nc = s.get("nearest_copy") or {}
         out.append(f"| nearest recorded answer, no LLM (baseline) | {_iv(nc.get('interval'), nc.get('fidelity'))} | | | | | 0 | | | 0 |")

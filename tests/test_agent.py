@@ -115,6 +115,9 @@ def test_full_run_on_fakes(domain, dumb):
     t = report["targets"][domain["target"]]
     assert t["zero_shot"]["fidelity"] < t["best"]["fidelity"]  # the fake only knows labels it is shown
     assert 0 < report["ceiling"] <= 1 and t["calibration_gap"] is not None
+    gap = t["calibration_gap_interval"]  # the gap has its own n and bootstrap interval, printed in report.md
+    assert gap["value"] == t["calibration_gap"] and gap["low"] <= gap["value"] <= gap["high"] and gap["n"] > 0
+    assert f"| {gap['value']:.3f} [{gap['low']:.2f}, {gap['high']:.2f}] n={gap['n']} |" in (d / "report.md").read_text()
     # verdict "threshold met": straight to bundle, no fallback
     assert t["best"]["fidelity"] >= 0.5 and report["verdict"] == "threshold met"
     assert "lora" not in report and "## LoRA fallback" not in (d / "report.md").read_text()
