@@ -384,8 +384,8 @@ def test_the_recall_threshold_reaches_down_to_the_pools_floor(monkeypatch):
     near.update({v.input: (Example(input="x", output="billing"), 0.2) for v in val[10:]})
     _, log = recall_choice([trial], val)
     assert log["recalled"] == 20 and log["threshold"] == 0.2 and log["score"]["value"] == 1.0
-    # and never into a stretch with no input in it: nothing between 0.2 and the floor, nothing recalled there
-    near.update({v.input: (Example(input="x", output="billing"), 0.1) for v in val[10:]})
+    # and never into a stretch with no input in it: nothing between the grid's 0.05 and the floor, nothing recalled
+    near.update({v.input: (Example(input="x", output="billing"), 0.01) for v in val[10:]})
     _, log = recall_choice([trial], val)
     assert log["recalled"] == 10 and log["threshold"] >= 0.23
 
@@ -397,7 +397,8 @@ def test_the_pools_floor_is_a_threshold_when_the_grid_has_none_near_it():
 
     assert recall_thresholds(0.606)[:2] == [0.61, 0.7]
     assert recall_thresholds(0.6) == [t for t in RECALL_THRESHOLDS if t >= 0.6]  # on the grid: no duplicate
-    assert recall_thresholds(0.1)[0] == 0.2 and recall_thresholds(0.99) == [0.95]
+    assert recall_thresholds(0.123)[:2] == [0.13, 0.15] and recall_thresholds(0.99) == [0.95]
+    assert recall_thresholds(0.01)[0] == 0.05
     assert all(t >= 0.606 for t in recall_thresholds(0.606))
 
 
