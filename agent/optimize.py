@@ -651,12 +651,21 @@ def recall_floor(bundle: Bundle) -> float:
     pool = bundle._vectors()
     if len(pool) < 2:
         return 1.0
+    return float(np.quantile(_nearest_other(pool)[1], RECALL_FLOOR_QUANTILE))
+
+
+def _nearest_other(pool):
+    """(index, cosine) of each pool row's nearest other row: the floor's statistic and the leave-one-out copy."""
+    import numpy as np
+
+    index = np.empty(len(pool), dtype=np.int64)
     nearest = np.empty(len(pool), dtype=np.float32)
     for start in range(0, len(pool), 1024):  # blocks: a history of thousands never builds an n x n matrix
         block = pool[start:start + 1024] @ pool.T
         block[np.arange(len(block)), np.arange(start, start + len(block))] = -1.0
+        index[start:start + len(block)] = block.argmax(axis=1)
         nearest[start:start + len(block)] = block.max(axis=1)
-    return float(np.quantile(nearest, RECALL_FLOOR_QUANTILE))
+    return index, nearest
 
 
 def _without(bundle: Bundle, val: list[TrainItem]) -> Bundle:
@@ -775,16 +784,12 @@ def recall_evidence(tried: Bundle, items: list[TrainItem], target: str, *, calls
         return []
     pool = tried._vectors()
     index = {_fold(e.input): i for i, e in enumerate(tried.examples)}
+    others, near = _nearest_other(pool)
     chosen = []
     for item in items:
         i = index.get(_fold(item.input))
-        if i is None:
-            continue
-        sims = pool @ pool[i]
-        sims[i] = -1.0
-        j = int(np.argmax(sims))
-        if min(RECALL_THRESHOLDS) <= sims[j] < max(RECALL_THRESHOLDS):
-            chosen.append((i, j, float(sims[j]), item))
+        if i is not None and min(RECALL_THRESHOLDS) <= near[i] < max(RECALL_THRESHOLDS):
+            chosen.append((i, int(others[i]), float(near[i]), item))
     random.Random(seed).shuffle(chosen)
     # those under the floor first: at most 5 % of the pool by the floor's definition, and the only rows
     # that can move the threshold below it (`_threshold_choice`)
